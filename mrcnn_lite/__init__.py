@@ -1,0 +1,9 @@
+"""mrcnn_lite: Mask R-CNN built from scratch in PyTorch.
+
+    import mrcnn_lite as ml
+    model = ml.maskrcnn_resnet50_fpn(num_classes=91)   # torchvision v1 architecture and state_dict keys
+    model = ml.build_model(ml.config.tiny(num_classes=4))
+"""
+from . import config, ops
+
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+"""The install files agree with each other and the package imports cleanly."""
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# PyPI name -> conda name where they differ.
+CONDA_NAME = {"torch": "pytorch"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].strip().lower()
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _conda_deps():
+    deps = []
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(.*)$", line)
+        if m and m.group(1) not in ("pip",):
+            deps.append((m.group(1).lower(), m.group(2).strip()))
+    return dict(deps)
+
+
+def test_environment_yml_matches_pyproject():
+    proj = _pyproject()["project"]
+    reqs = proj["dependencies"] + proj["optional-dependencies"]["dev"]
+    conda = _conda_deps()
+    for req in reqs:
+        name = _name(req)
+        conda_name = CONDA_NAME.get(name, name)
+        assert conda_name in conda, f"{name} is in pyproject.toml but not in environment.yml"
+        spec = req[len(name):].strip()
+        assert conda[conda_name] == spec, f"{name}: pyproject says {spec!r}, environment.yml says {conda[conda_name]!r}"
+    pypi_names = {CONDA_NAME.get(_name(r), _name(r)) for r in reqs} | {"python"}
+    extra = set(conda) - pypi_names
+    assert not extra, f"environment.yml lists packages pyproject.toml does not: {sorted(extra)}"
+    py = _pyproject()["project"]["requires-python"]
+    assert conda["python"] == py
+
+
+def test_constraints_pin_the_working_pair():
+    pins = (ROOT / "requirements" / "constraints.txt").read_text()
+    assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
+
+
+def test_ops_do_not_import_torchvision():
+    # mrcnn_lite.ops is the from-scratch reference: importing it must not pull in torchvision.
+    code = "import sys, mrcnn_lite.ops; assert 'torchvision' not in sys.modules, 'ops imported torchvision'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test\b", ci, re.M), ".ci/run must run `make test`"
