@@ -20,7 +20,8 @@ def _pyproject():
 
 def _conda_deps():
     deps = []
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("\ndependencies:\n", 1)[1].splitlines():
         m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(.*)$", line)
         if m and m.group(1) not in ("pip",):
             deps.append((m.group(1).lower(), m.group(2).strip()))
