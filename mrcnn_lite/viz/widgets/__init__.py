@@ -1,0 +1,5 @@
+"""ipywidgets explorers. Each keeps its update logic in a plain function that tests call headless."""
+from .anchor_explorer import AnchorExplorer
+from .roi_explorer import RoIAlignExplorer
+
+__all__ = ["AnchorExplorer", "RoIAlignExplorer"]
