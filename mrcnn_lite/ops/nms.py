@@ -23,6 +23,20 @@ def _check(boxes: Tensor, scores: Tensor) -> None:
         raise ValueError(f"nms: scores must have shape ({boxes.shape[0]},) to match boxes, got {tuple(scores.shape)}")
 
 
+def _above(iou: Tensor, iou_threshold: float) -> Tensor:
+    """``iou > iou_threshold`` decided exactly, as torchvision does (it compares in double precision).
+
+    ``iou > 0.1`` on a float32 tensor would first round 0.1 to float32 (0.100000001...), so an IoU
+    that is exactly that float32 number would count as "not above" and the box would survive.
+    Compare instead with the largest number of ``iou``'s dtype that is <= the threshold: for every x
+    of that dtype, ``x > t_low`` holds exactly when ``x > iou_threshold``.
+    """
+    t_low = torch.tensor(iou_threshold, dtype=iou.dtype)  # a CPU scalar: no device round trip
+    if float(t_low) > iou_threshold:  # rounded up: step down to the next representable number
+        t_low = torch.nextafter(t_low, torch.tensor(float("-inf"), dtype=iou.dtype))
+    return iou > float(t_low)  # t_low is exact in iou's dtype, so this comparison rounds nothing
+
+
 def _greedy_keep(suppresses: Tensor) -> Tensor:
     """Greedy NMS on a boolean matrix in score order.
 
@@ -58,7 +72,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
     iou = inter / union
     # Only an earlier (higher-scored) box can suppress a later one: keep the strict upper triangle.
-    suppresses = (iou > iou_threshold).triu_(diagonal=1)
+    suppresses = _above(iou, iou_threshold).triu_(diagonal=1)
     return order[_greedy_keep(suppresses)]
 
 
@@ -76,5 +90,5 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     sorted_boxes, sorted_idxs = boxes[order], idxs[order]
     inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
     same_class = sorted_idxs[:, None] == sorted_idxs[None, :]
-    suppresses = ((inter / union > iou_threshold) & same_class).triu_(diagonal=1)
+    suppresses = (_above(inter / union, iou_threshold) & same_class).triu_(diagonal=1)
     return order[_greedy_keep(suppresses)]
