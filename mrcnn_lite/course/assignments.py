@@ -1,0 +1,114 @@
+"""Student versions of the course notebooks.
+
+An exercise cell holds the solution between two marker lines::
+
+    def my_box_iou(boxes1, boxes2):
+        ### BEGIN SOLUTION
+        ...the teacher's code...
+        ### END SOLUTION
+
+``make_student_notebook`` replaces everything from ``### BEGIN SOLUTION`` to ``### END SOLUTION``
+(markers included) with ``# YOUR CODE HERE`` and ``raise NotImplementedError``, indented like the
+marker, and clears all outputs, execution counts and per-cell metadata that could echo the
+solution. The ``# NBVAL_CHECK_OUTPUT`` lines are dropped too: they only matter for the teacher's
+copy, whose stored outputs are what nbval compares.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, List
+
+import nbformat
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
+# Cell metadata worth keeping in a student copy (everything else is dropped).
+KEEP_CELL_METADATA = ("tags", "editable", "deletable")
+
+
+class SolutionMarkerError(ValueError):
+    """A ``### BEGIN SOLUTION`` without its ``### END SOLUTION`` (or the other way round)."""
+
+
+def strip_solutions(source: str, where: str = "cell") -> str:
+    """Replace every solution block in ``source`` by ``# YOUR CODE HERE`` + ``raise NotImplementedError``."""
+    out: List[str] = []
+    inside = False
+    for number, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith(BEGIN):
+            if inside:
+                raise SolutionMarkerError(f"{where}, line {number}: {BEGIN} inside another solution block")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# YOUR CODE HERE")
+            out.append(f"{indent}raise NotImplementedError")
+        elif stripped.startswith(END):
+            if not inside:
+                raise SolutionMarkerError(f"{where}, line {number}: {END} without a {BEGIN}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise SolutionMarkerError(f"{where}: {BEGIN} is never closed by {END}")
+    return "\n".join(out)
+
+
+def solution_lines(source: str) -> List[str]:
+    """The lines between the markers (used by tests to make sure none of them leaks)."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        s = line.strip()
+        if s.startswith(BEGIN):
+            inside = True
+        elif s.startswith(END):
+            inside = False
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def make_student_notebook(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode":
+    """A student copy of a notebook (a new object; ``nb`` is not changed)."""
+    student = nbformat.from_dict(nb)  # deep copy
+    for i, cell in enumerate(student.cells):
+        if cell.cell_type == "code":
+            source = strip_solutions(cell.source, where=f"cell {i}")
+            source = "\n".join(l for l in source.splitlines() if l.strip() != NBVAL_MARK)
+            cell.source = source
+            cell.outputs = []
+            cell.execution_count = None
+        elif BEGIN in cell.source or END in cell.source:
+            raise SolutionMarkerError(f"cell {i} is {cell.cell_type}, but solution markers belong in code cells")
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
+    # Notebook metadata: keep only what Jupyter needs to pick a kernel.
+    student.metadata = {k: v for k, v in student.metadata.items() if k in ("kernelspec", "language_info")}
+    return student
+
+
+def count_exercises(nb: "nbformat.NotebookNode") -> int:
+    return sum(cell.source.count(BEGIN) for cell in nb.cells if cell.cell_type == "code")
+
+
+def make_assignments(notebooks: Iterable[Path], out_dir: Path) -> List[Path]:
+    """Write a student copy of each notebook into ``out_dir`` (same file names). Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks:
+        path = Path(path)
+        nb = nbformat.read(str(path), as_version=4)
+        student = make_student_notebook(nb)
+        target = out_dir / path.name
+        if target.resolve() == path.resolve():
+            raise ValueError(f"refusing to overwrite the solution notebook {path}: choose another --out")
+        nbformat.write(student, str(target))
+        written.append(target)
+    return written
+
+
+def default_notebooks(root: Path = Path("notebooks")) -> List[Path]:
+    """All ``NN_*.ipynb`` notebooks of the course, in order."""
+    return sorted(p for p in Path(root).glob("*.ipynb") if re.match(r"\d\d_", p.name))

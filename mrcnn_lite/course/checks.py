@@ -1,0 +1,665 @@
+"""Exercise checkers: compare a learner's function with the package's reference.
+
+Every exercise in the notebooks is followed by a check cell such as::
+
+    from mrcnn_lite.course import checks
+    checks.check_box_iou(my_box_iou, points=2)
+
+A checker runs the learner's function and the reference (from ``mrcnn_lite``) on the same inputs:
+a few hand-picked edge cases (empty inputs, a single box, ties, ...) and fresh random inputs from
+several seeds. It prints one line ``PASS`` / ``FAIL`` / ``TODO`` (not implemented yet) and, on a
+failure, the first case that went wrong: the input, the expected result and what the function
+returned. It never raises: an exception inside the learner's code becomes a ``FAIL`` message.
+
+Each call returns a :class:`CheckResult` and appends it to :data:`RESULTS`; the autograder
+(``python -m mrcnn_lite.course grade``) reads that list at the end of the notebook.
+
+Adding an exercise takes three things (see ``check_box_iou`` for a complete example):
+
+1. a generator of test cases: ``(label, inputs)`` pairs, ``inputs`` a dict of the positional arguments;
+2. a reference that takes the same arguments (a package function, or a thin wrapper around one);
+3. a ``check_<name>(fn, points=...)`` function that hands both to :func:`run_check`.
+
+Fall back to the reference in later cells with :func:`or_reference`, so that a learner who has not
+solved an exercise can still run the rest of the notebook.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import traceback
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..model.anchors import generate_base_anchors, grid_anchors
+from ..model.backbone import Bottleneck
+from ..model.fpn import FeaturePyramidNetwork
+from ..model.rpn import RegionProposalNetwork
+
+__all__ = [
+    "CheckResult", "RESULTS", "run_check", "or_reference", "compare",
+    "check_box_iou", "check_encode", "check_nms", "check_bottleneck", "check_fpn_top_down",
+    "check_base_anchors", "check_grid_anchors", "check_rpn_loss", "check_bilinear",
+    "check_roi_align_one_box",
+    "reference_encode", "reference_grid_anchors", "reference_fpn_top_down", "reference_rpn_loss",
+    "reference_bilinear", "reference_roi_align_one_box",
+]
+
+SEEDS = (0, 1, 2, 3, 4)  # random cases per checker; fixed so that a failure can be reproduced
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    """What a checker found. ``points`` is ``max_points`` when passed, else 0."""
+
+    name: str
+    passed: bool
+    points: float
+    max_points: float
+    message: str
+    implemented: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def __repr__(self) -> str:
+        status = "PASS" if self.passed else ("TODO" if not self.implemented else "FAIL")
+        return f"<CheckResult {self.name}: {status} {self.points:g}/{self.max_points:g}>"
+
+
+RESULTS: List[CheckResult] = []
+"""Every result of this Python session, in order. The autograder reads it after the last cell."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Printing inputs and outputs compactly
+# ----------------------------------------------------------------------------------------------
+def _fmt_number(v) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return repr(v)
+
+
+def _nested(values) -> str:
+    if isinstance(values, list):
+        return "[" + ", ".join(_nested(v) for v in values) + "]"
+    return _fmt_number(values)
+
+
+def fmt(value, max_numel: int = 24) -> str:
+    """A short, readable text for a value: small tensors in full, big ones as shape + first values."""
+    if isinstance(value, Tensor):
+        head = f"tensor(shape={tuple(value.shape)}, dtype={str(value.dtype).replace('torch.', '')})"
+        if value.numel() == 0:
+            return head + " (empty)"
+        v = value.detach().cpu()
+        if v.numel() <= max_numel:
+            return _nested(v.tolist()) + f"   {head}"
+        flat = v.reshape(-1)[:6].tolist()
+        return f"{head} first values {_nested(flat)} ..."
+    if isinstance(value, torch.nn.Module):
+        return f"{type(value).__name__}(...)"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, Tensor) for v in value):
+            inner = ", ".join(fmt(v, max_numel=8) for v in value)
+            return f"{type(value).__name__} of {len(value)}: [{inner}]"
+        return _nested(list(value)) if not isinstance(value, tuple) else "(" + ", ".join(fmt(v) for v in value) + ")"
+    if isinstance(value, float):
+        return _fmt_number(value)
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing results
+# ----------------------------------------------------------------------------------------------
+def _as_tensor(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return torch.as_tensor(x)
+
+
+def compare(expected, got, atol: float = 1e-6, rtol: float = 1e-5, exact: bool = False) -> Optional[str]:
+    """``None`` when ``got`` matches ``expected``; otherwise a sentence saying where they first differ.
+
+    Tensors must have the same shape; values are compared with ``atol``/``rtol`` (or exactly), NaN
+    equal to NaN. Lists and tuples are compared element by element.
+    """
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)):
+            return f"expected a {type(expected).__name__} of {len(expected)} items, got {type(got).__name__}"
+        if len(got) != len(expected):
+            return f"expected {len(expected)} items, got {len(got)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            problem = compare(e, g, atol, rtol, exact)
+            if problem:
+                return f"item {i}: {problem}"
+        return None
+    expected = _as_tensor(expected)
+    try:
+        got = _as_tensor(got)
+    except Exception:
+        return f"expected a tensor, got {type(got).__name__}"
+    if tuple(got.shape) != tuple(expected.shape):
+        if got.numel() == expected.numel() == 1:
+            got = got.reshape(expected.shape)
+        else:
+            return f"wrong shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if expected.numel() == 0:
+        return None
+    e = expected.detach().cpu()
+    g = got.detach().cpu()
+    if exact:
+        if e.dtype.is_floating_point or g.dtype.is_floating_point:
+            bad = ~((e.double() == g.double()) | (e.double().isnan() & g.double().isnan()))
+        else:
+            bad = e.long() != g.long()
+    else:
+        e64, g64 = e.double(), g.double()
+        close = torch.isclose(g64, e64, rtol=rtol, atol=atol, equal_nan=True)
+        bad = ~close
+    if not bad.any():
+        return None
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    where = f"[{', '.join(map(str, idx))}]" if idx else "(the value)"
+    n_bad = int(bad.sum())
+    tol = "exactly" if exact else f"within atol={atol:g}, rtol={rtol:g}"
+    return (f"{n_bad} of {e.numel()} values differ ({tol}); first difference at {where}: "
+            f"expected {_fmt_number(e[idx].item())}, got {_fmt_number(g[idx].item())}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine every checker uses
+# ----------------------------------------------------------------------------------------------
+def _clone(inputs: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+
+
+def _short_traceback(exc: BaseException) -> str:
+    """The learner's line that raised, without the checker's own frames."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "mrcnn_lite/course" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"\n  at line {f.lineno} of {f.name}: {f.line}" if f.line else ""
+
+
+def _record(result: CheckResult, verbose: bool) -> CheckResult:
+    RESULTS.append(result)
+    if verbose:
+        print(result.message)
+    return result
+
+
+def run_check(
+    name: str,
+    fn: Callable,
+    reference: Callable,
+    cases: Iterable[Tuple[str, Dict[str, Any]]],
+    points: float = 1,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    exact: bool = False,
+    call: Optional[Callable[[Callable, Dict[str, Any]], Any]] = None,
+    what: str = "",
+    verbose: bool = True,
+) -> CheckResult:
+    """Run ``fn`` and ``reference`` on every case; PASS if all outputs match.
+
+    Args:
+        name: the exercise's name (shown to the learner, used as key by the autograder).
+        fn: the learner's function (or class).
+        reference: same arguments as ``fn``, gives the right answer.
+        cases: ``(label, inputs)`` pairs; ``inputs`` holds the positional arguments, in order, by name.
+        points: what the exercise is worth.
+        atol, rtol, exact: how outputs are compared (see :func:`compare`).
+        call: how to call a function on a case; default ``f(*inputs.values())``.
+        what: a few words about what was compared, for the PASS line.
+    """
+    call = call or (lambda f, inputs: f(*inputs.values()))
+    n = 0
+    for label, inputs in cases:
+        n += 1
+        expected = call(reference, _clone(inputs))
+        shown_input = "\n".join(f"    {k} = {fmt(v)}" for k, v in inputs.items())
+        try:
+            got = call(fn, _clone(inputs))
+        except NotImplementedError:
+            return _record(CheckResult(
+                name, False, 0, points,
+                f"TODO  {name} (0/{points:g} points): not implemented yet -- replace the "
+                f"`raise NotImplementedError` with your code, run that cell, then this one.",
+                implemented=False), verbose)
+        except Exception as exc:  # the learner's bug: report it, never raise from a check cell
+            return _record(CheckResult(
+                name, False, 0, points,
+                f"FAIL  {name} (0/{points:g} points): raised {type(exc).__name__}: {exc} "
+                f"on case '{label}'{_short_traceback(exc)}\n  input:\n{shown_input}\n"
+                f"  expected: {fmt(expected)}"), verbose)
+        problem = compare(expected, got, atol=atol, rtol=rtol, exact=exact)
+        if problem:
+            return _record(CheckResult(
+                name, False, 0, points,
+                f"FAIL  {name} (0/{points:g} points): wrong result on case '{label}'\n"
+                f"  input:\n{shown_input}\n  expected: {fmt(expected)}\n  got:      {fmt(got)}\n"
+                f"  {problem}"), verbose)
+    return _record(CheckResult(
+        name, True, points, points,
+        f"PASS  {name} ({points:g}/{points:g} points): matches {what or 'the reference'} on {n} cases"), verbose)
+
+
+# ----------------------------------------------------------------------------------------------
+# Falling back to the reference in later cells
+# ----------------------------------------------------------------------------------------------
+def or_reference(mine, reference):
+    """``mine``, but while it raises ``NotImplementedError`` the ``reference`` is used instead.
+
+    Later cells of a notebook call the learner's function; wrapped with this, they keep working
+    (with the package's reference) before the exercise is solved. For a function, the wrapper calls
+    ``mine`` and falls back on ``NotImplementedError``. For an ``nn.Module`` class, it returns a
+    subclass whose ``forward`` does the same with ``reference.forward`` (the attribute names must
+    match, as the exercise asks). A note is printed the first time the reference is used.
+    """
+    noted = []
+
+    def note():
+        if not noted:
+            noted.append(True)
+            ref_name = getattr(reference, "__qualname__", repr(reference))
+            mod = getattr(reference, "__module__", "")
+            print(f"note: {getattr(mine, '__name__', 'your function')} is not implemented yet; "
+                  f"using the reference {mod + '.' if mod else ''}{ref_name} instead.")
+
+    if isinstance(mine, type):
+        class Fallback(mine):  # type: ignore[misc, valid-type]
+            def forward(self, *args, **kwargs):
+                try:
+                    return mine.forward(self, *args, **kwargs)
+                except NotImplementedError:
+                    note()
+                    return reference.forward(self, *args, **kwargs)
+
+        Fallback.__name__ = mine.__name__
+        Fallback.__qualname__ = mine.__qualname__
+        Fallback.__doc__ = mine.__doc__
+        return Fallback
+
+    @functools.wraps(mine)
+    def wrapper(*args, **kwargs):
+        try:
+            return mine(*args, **kwargs)
+        except NotImplementedError:
+            note()
+            return reference(*args, **kwargs)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------
+# Random inputs
+# ----------------------------------------------------------------------------------------------
+def random_boxes(n: int, g: torch.Generator, scale: float = 100.0, min_size: float = 2.0,
+                 max_size: float = 40.0, dtype=torch.float64) -> Tensor:
+    """``(n, 4)`` xyxy boxes with positive width and height."""
+    xy = torch.rand(n, 2, generator=g, dtype=dtype) * scale
+    wh = torch.rand(n, 2, generator=g, dtype=dtype) * (max_size - min_size) + min_size
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1000 + seed)
+
+
+# ==============================================================================================
+# Notebook 01: boxes, IoU, encoding, NMS
+# ==============================================================================================
+def _box_iou_cases():
+    yield "one pair", dict(boxes1=torch.tensor([[10.0, 10.0, 60.0, 50.0]], dtype=torch.float64),
+                           boxes2=torch.tensor([[35.0, 25.0, 90.0, 70.0]], dtype=torch.float64))
+    yield "identical, touching and disjoint boxes", dict(
+        boxes1=torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 4.0]], dtype=torch.float64),
+        boxes2=torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0], [50.0, 50.0, 60.0, 70.0]],
+                            dtype=torch.float64))
+    yield "boxes1 empty (N=0)", dict(boxes1=torch.zeros(0, 4, dtype=torch.float64),
+                                      boxes2=random_boxes(3, _gen(99)))
+    yield "boxes2 empty (M=0)", dict(boxes1=random_boxes(2, _gen(98)), boxes2=torch.zeros(0, 4, dtype=torch.float64))
+    for seed in SEEDS:
+        g = _gen(seed)
+        n, m = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        dtype = torch.float32 if seed % 2 else torch.float64
+        yield f"random, seed {seed}", dict(boxes1=random_boxes(n, g, dtype=dtype), boxes2=random_boxes(m, g, dtype=dtype))
+
+
+def check_box_iou(fn: Callable, points: float = 2, name: str = "box_iou") -> CheckResult:
+    """``fn(boxes1 (N, 4), boxes2 (M, 4)) -> IoU (N, M)``, against ``mrcnn_lite.ops.box_iou``."""
+    return run_check(name, fn, ops.box_iou, _box_iou_cases(), points, atol=1e-6, rtol=1e-5,
+                     what="mrcnn_lite.ops.box_iou")
+
+
+def reference_encode(targets: Tensor, refs: Tensor, weights=(1.0, 1.0, 1.0, 1.0)) -> Tensor:
+    """Deltas ``(N, 4)`` that move ``refs (N, 4)`` onto ``targets (N, 4)``: ``BoxCoder(weights).encode_single``."""
+    return ops.BoxCoder(weights).encode_single(targets, refs)
+
+
+def _encode_cases():
+    yield "the notebook's anchor and GT", dict(
+        targets=torch.tensor([[30.0, 15.0, 110.0, 55.0]], dtype=torch.float64),
+        refs=torch.tensor([[20.0, 20.0, 60.0, 60.0]], dtype=torch.float64), weights=(1.0, 1.0, 1.0, 1.0))
+    box = torch.tensor([[3.0, 4.0, 13.0, 24.0]], dtype=torch.float64)
+    yield "target == reference (all deltas 0)", dict(targets=box, refs=box.clone(), weights=(10.0, 10.0, 5.0, 5.0))
+    yield "empty (N=0)", dict(targets=torch.zeros(0, 4, dtype=torch.float64),
+                              refs=torch.zeros(0, 4, dtype=torch.float64), weights=(1.0, 1.0, 1.0, 1.0))
+    for seed in SEEDS:
+        g = _gen(seed)
+        n = int(torch.randint(1, 20, (1,), generator=g))
+        weights = (1.0, 1.0, 1.0, 1.0) if seed % 2 == 0 else (10.0, 10.0, 5.0, 5.0)
+        yield f"random, seed {seed}, weights {weights}", dict(
+            targets=random_boxes(n, g), refs=random_boxes(n, g), weights=weights)
+
+
+def check_encode(fn: Callable, points: float = 2, name: str = "encode") -> CheckResult:
+    """``fn(targets (N, 4), refs (N, 4), weights) -> deltas (N, 4)``, against ``BoxCoder.encode_single``."""
+    return run_check(name, fn, reference_encode, _encode_cases(), points, atol=1e-9, rtol=1e-7,
+                     what="mrcnn_lite.ops.BoxCoder(weights).encode_single")
+
+
+def _nms_cases():
+    f64 = dict(dtype=torch.float64)
+    yield "empty (N=0)", dict(boxes=torch.zeros(0, 4, **f64), scores=torch.zeros(0, **f64), iou_threshold=0.5)
+    yield "one box", dict(boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0]], **f64), scores=torch.tensor([0.3], **f64),
+                          iou_threshold=0.5)
+    yield "a chain: A suppresses B, so B cannot suppress C", dict(
+        boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0], [4.0, 0.0, 14.0, 10.0], [8.0, 0.0, 18.0, 10.0]], **f64),
+        scores=torch.tensor([0.9, 0.8, 0.7], **f64), iou_threshold=0.3)
+    yield "equal scores (ties keep the input order)", dict(
+        boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [30.0, 30.0, 40.0, 40.0]], **f64),
+        scores=torch.tensor([0.5, 0.5, 0.5], **f64), iou_threshold=0.5)
+    for seed in SEEDS:
+        g = _gen(seed)
+        n = int(torch.randint(2, 40, (1,), generator=g))
+        boxes = random_boxes(n, g, scale=50.0)
+        boxes[: n // 4] = boxes[n // 4: 2 * (n // 4)]                        # exact duplicates
+        scores = (torch.rand(n, generator=g, dtype=torch.float64) * 10).round() / 10   # many ties
+        thr = (0.0, 0.3, 0.5, 0.7, 1.0)[seed % 5]
+        yield f"random, seed {seed}, iou_threshold {thr}", dict(boxes=boxes, scores=scores, iou_threshold=thr)
+
+
+def check_nms(fn: Callable, points: float = 3, name: str = "nms") -> CheckResult:
+    """``fn(boxes (N, 4), scores (N,), iou_threshold) -> kept indices (K,)``, against ``mrcnn_lite.ops.nms``."""
+    return run_check(name, fn, ops.nms, _nms_cases(), points, exact=True, what="mrcnn_lite.ops.nms")
+
+
+# ==============================================================================================
+# Notebook 02: the Bottleneck block
+# ==============================================================================================
+def _randomize(module: torch.nn.Module, g: torch.Generator) -> None:
+    """Random weights and batch-norm statistics, so that no layer is accidentally the identity."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype) * 0.2)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g, dtype=m.weight.dtype) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g, dtype=m.bias.dtype) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g, dtype=m.running_mean.dtype) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g, dtype=m.running_var.dtype) + 0.5)
+
+
+def _bottleneck_cases():
+    configs = [(64, 16, 1, "identity shortcut"), (32, 16, 1, "downsample: channels change"),
+               (64, 16, 2, "downsample: stride 2"), (16, 8, 2, "stride 2, odd-sized input")]
+    for seed, (cin, planes, stride, what) in enumerate(configs):
+        g = _gen(seed)
+        h, w = (9, 7) if "odd" in what else (8, 8)
+        yield f"in_channels={cin}, planes={planes}, stride={stride} ({what})", dict(
+            in_channels=cin, planes=planes, stride=stride,
+            x=torch.randn(2, cin, h, w, generator=g, dtype=torch.float64), seed=seed)
+
+
+def _call_block(cls, inputs):
+    """Build the reference block with random weights; build ``cls`` and load the same state dict."""
+    torch.manual_seed(0)
+    ref = Bottleneck(inputs["in_channels"], inputs["planes"], inputs["stride"]).double()
+    _randomize(ref, _gen(100 + inputs["seed"]))
+    if cls is Bottleneck:
+        block = ref
+    else:
+        block = cls(inputs["in_channels"], inputs["planes"], inputs["stride"]).double()
+        result = block.load_state_dict(ref.state_dict(), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"the block's parameter names differ from the package's Bottleneck: "
+                             f"it lacks {result.unexpected_keys}, it has extra {result.missing_keys}")
+    block.eval()
+    with torch.no_grad():
+        return block(inputs["x"])
+
+
+def check_bottleneck(cls: type, points: float = 3, name: str = "bottleneck") -> CheckResult:
+    """``cls(in_channels, planes, stride)`` is an ``nn.Module`` with the package's layer names
+    (conv1/bn1, conv2/bn2, conv3/bn3, downsample); its ``forward`` must equal ``Bottleneck``'s
+    (eval mode, float64, the same random weights loaded into both)."""
+    return run_check(name, cls, Bottleneck, _bottleneck_cases(), points, atol=1e-10, rtol=1e-8,
+                     call=_call_block, what="mrcnn_lite.model.backbone.Bottleneck (eval, same weights)")
+
+
+# ==============================================================================================
+# Notebook 03: the FPN top-down pass
+# ==============================================================================================
+def reference_fpn_top_down(laterals: Sequence[Tensor]) -> List[Tensor]:
+    """The top-down pathway of the package's ``FeaturePyramidNetwork``, with its 1x1 lateral and
+    3x3 output convs set to the identity: ``M_last = L_last``, ``M_i = L_i + nearest_upsample(M_{i+1})``."""
+    laterals = list(laterals)
+    c = laterals[0].shape[1]
+    fpn = FeaturePyramidNetwork([c] * len(laterals), c, extra_blocks=None).to(laterals[0].dtype)
+    eye = torch.eye(c, dtype=laterals[0].dtype)
+    with torch.no_grad():
+        for block in fpn.inner_blocks:
+            block[0].weight.zero_()
+            block[0].weight[:, :, 0, 0] = eye
+            block[0].bias.zero_()
+        for block in fpn.layer_blocks:
+            block[0].weight.zero_()
+            block[0].weight[:, :, 1, 1] = eye
+            block[0].bias.zero_()
+        out = fpn(OrderedDict((str(i), l) for i, l in enumerate(laterals)))
+    return list(out.values())
+
+
+def _top_down_cases():
+    g = _gen(0)
+    yield "one level (nothing to add)", dict(laterals=[torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)])
+    for seed in SEEDS:
+        g = _gen(seed)
+        h, w = int(torch.randint(5, 40, (1,), generator=g)), int(torch.randint(5, 40, (1,), generator=g))
+        sizes = [(h, w)]
+        for _ in range(3):  # each level: ceil(size / 2), like a stride-2 conv (odd sizes included)
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        c = 3
+        yield f"random, seed {seed}, sizes {sizes}", dict(
+            laterals=[torch.randn(2, c, hh, ww, generator=g, dtype=torch.float64) for hh, ww in sizes])
+
+
+def check_fpn_top_down(fn: Callable, points: float = 2, name: str = "fpn_top_down") -> CheckResult:
+    """``fn(laterals: list of (N, C, H_i, W_i), finest first) -> list M of the same shapes``."""
+    return run_check(name, fn, reference_fpn_top_down, _top_down_cases(), points, atol=1e-10, rtol=1e-8,
+                     what="the top-down pass of mrcnn_lite.model.fpn.FeaturePyramidNetwork")
+
+
+# ==============================================================================================
+# Notebook 04: anchors
+# ==============================================================================================
+def _base_anchor_cases():
+    yield "one size, one ratio", dict(sizes=[32], ratios=[1.0])
+    yield "odd size, square (x.5 rounds to even)", dict(sizes=[33], ratios=[1.0])
+    yield "the RPN's three ratios", dict(sizes=[32], ratios=[0.5, 1.0, 2.0])
+    for seed in SEEDS:
+        g = _gen(seed)
+        sizes = sorted({int(v) for v in torch.randint(4, 300, (3,), generator=g)})
+        choice = torch.randperm(6, generator=g)[: 1 + seed % 3].sort().values.tolist()
+        ratios = [(0.25, 0.5, 1.0, 2.0, 3.0, 4.0)[i] for i in choice]
+        yield f"random, seed {seed}", dict(sizes=sizes, ratios=ratios)
+
+
+def check_base_anchors(fn: Callable, points: float = 2, name: str = "base_anchors") -> CheckResult:
+    """``fn(sizes, ratios) -> (len(ratios) * len(sizes), 4)`` zero-centred anchors, ratio-major,
+    against ``mrcnn_lite.model.anchors.generate_base_anchors``."""
+    return run_check(name, fn, generate_base_anchors, _base_anchor_cases(), points, exact=True,
+                     what="mrcnn_lite.model.anchors.generate_base_anchors")
+
+
+def reference_grid_anchors(base: Tensor, grid_size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
+    """Every base anchor at every cell of a ``grid_size`` feature map of an ``image_size`` image:
+    the package's ``grid_anchors`` with stride ``(H // H_f, W // W_f)``."""
+    (gh, gw), (h, w) = grid_size, image_size
+    return grid_anchors(base, (gh, gw), (h // gh, w // gw))
+
+
+def _grid_anchor_cases():
+    yield "torchvision's 3x3 example", dict(base=generate_base_anchors([10], [1.0]), grid_size=(3, 3),
+                                            image_size=(15, 15))
+    yield "a 1x1 grid", dict(base=generate_base_anchors([16], [0.5, 1.0, 2.0]), grid_size=(1, 1),
+                             image_size=(32, 32))
+    for seed in SEEDS:
+        g = _gen(seed)
+        gh, gw = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+        stride = int((4, 8, 16, 32, 64)[seed])
+        h, w = gh * stride + int(torch.randint(0, stride, (1,), generator=g)), gw * stride
+        base = generate_base_anchors([stride * 2, stride * 4][: 1 + seed % 2], [0.5, 1.0, 2.0])
+        yield f"random, seed {seed}: grid {gh}x{gw}, image {h}x{w}", dict(
+            base=base, grid_size=(gh, gw), image_size=(h, w))
+
+
+def check_grid_anchors(fn: Callable, points: float = 2, name: str = "grid_anchors") -> CheckResult:
+    """``fn(base (A, 4), grid_size (H_f, W_f), image_size (H, W)) -> (H_f * W_f * A, 4)``, order y -> x -> anchor."""
+    return run_check(name, fn, reference_grid_anchors, _grid_anchor_cases(), points, exact=True,
+                     what="mrcnn_lite.model.anchors.grid_anchors")
+
+
+# ==============================================================================================
+# Notebook 05: the RPN loss
+# ==============================================================================================
+def reference_rpn_loss(objectness: Tensor, pred_bbox_deltas: Tensor, labels: Tensor, regression_targets: Tensor,
+                       pos_mask: Tensor, neg_mask: Tensor) -> Tuple[Tensor, Tensor]:
+    """``RegionProposalNetwork.compute_loss`` for one image, with the sampled anchors given
+    (``pos_mask``, ``neg_mask`` instead of a random draw). Returns ``(objectness_loss, box_loss)``."""
+    fake_rpn = SimpleNamespace(fg_bg_sampler=lambda labels: ([pos_mask], [neg_mask]))
+    return RegionProposalNetwork.compute_loss(fake_rpn, objectness[None], pred_bbox_deltas[None],
+                                              [labels], [regression_targets])
+
+
+def _rpn_loss_inputs(n: int, n_pos: int, n_neg: int, g: torch.Generator) -> Dict[str, Tensor]:
+    f64 = dict(dtype=torch.float64)
+    labels = torch.zeros(n, **f64)
+    perm = torch.randperm(n, generator=g)
+    pos, neg, ignore = perm[:n_pos], perm[n_pos:n_pos + n_neg], perm[n_pos + n_neg:]
+    labels[pos] = 1.0
+    labels[ignore[: len(ignore) // 2]] = -1.0                      # some ignored anchors
+    pos_mask = torch.zeros(n, dtype=torch.bool)
+    neg_mask = torch.zeros(n, dtype=torch.bool)
+    pos_mask[pos] = True
+    neg_mask[neg] = True
+    return dict(objectness=torch.randn(n, generator=g, **f64) * 3,
+                pred_bbox_deltas=torch.randn(n, 4, generator=g, **f64) * 0.3,
+                labels=labels,
+                regression_targets=torch.randn(n, 4, generator=g, **f64) * 0.3,
+                pos_mask=pos_mask, neg_mask=neg_mask)
+
+
+def _rpn_loss_cases():
+    yield "one positive anchor (N=1)", _rpn_loss_inputs(1, 1, 0, _gen(50))
+    yield "no positives: the box loss is 0", _rpn_loss_inputs(12, 0, 6, _gen(51))
+    for seed in SEEDS:
+        g = _gen(seed)
+        n = int(torch.randint(10, 200, (1,), generator=g))
+        n_pos = int(torch.randint(1, n // 4 + 2, (1,), generator=g))
+        n_neg = int(torch.randint(1, n // 2, (1,), generator=g))
+        yield f"random, seed {seed}: {n} anchors, {n_pos} sampled positives, {n_neg} negatives", \
+            _rpn_loss_inputs(n, n_pos, n_neg, g)
+
+
+def check_rpn_loss(fn: Callable, points: float = 3, name: str = "rpn_loss") -> CheckResult:
+    """``fn(objectness (N,), pred_bbox_deltas (N, 4), labels (N,), regression_targets (N, 4),
+    pos_mask (N,) bool, neg_mask (N,) bool) -> (objectness_loss, box_loss)``."""
+    return run_check(name, fn, reference_rpn_loss, _rpn_loss_cases(), points, atol=1e-9, rtol=1e-7,
+                     what="RegionProposalNetwork.compute_loss")
+
+
+# ==============================================================================================
+# Notebook 06: bilinear sampling and RoIAlign
+# ==============================================================================================
+def reference_bilinear(f: Tensor, y: float, x: float) -> Tensor:
+    """The value of ``f (H, W)`` at the real point ``(y, x)`` inside the map, read with the package's
+    ``roi_align``: a tiny box centred on the point, one bin, one sample (``aligned=True``)."""
+    d = 0.25
+    box = torch.tensor([[0.0, x + 0.5 - d, y + 0.5 - d, x + 0.5 + d, y + 0.5 + d]], dtype=f.dtype)
+    return ops.roi_align(f[None, None], box, 1, spatial_scale=1.0, sampling_ratio=1, aligned=True)[0, 0, 0, 0]
+
+
+def _bilinear_cases():
+    g = _gen(60)
+    f = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    yield "a grid point (no interpolation)", dict(f=f, y=2.0, x=3.0)
+    yield "half way between 4 cells", dict(f=f, y=1.5, x=4.5)
+    yield "on the last row and column", dict(f=f, y=4.0, x=6.0)
+    yield "between the last two columns", dict(f=f, y=4.0, x=5.25)
+    for seed in SEEDS:
+        g = _gen(seed)
+        h, w = int(torch.randint(2, 12, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
+        f = torch.randn(h, w, generator=g, dtype=torch.float64)
+        y = float(torch.rand(1, generator=g, dtype=torch.float64)) * (h - 1)
+        x = float(torch.rand(1, generator=g, dtype=torch.float64)) * (w - 1)
+        yield f"random, seed {seed}", dict(f=f, y=y, x=x)
+
+
+def check_bilinear(fn: Callable, points: float = 2, name: str = "bilinear") -> CheckResult:
+    """``fn(f (H, W), y, x) -> value`` at a point with ``0 <= y <= H-1``, ``0 <= x <= W-1``."""
+    return run_check(name, fn, reference_bilinear, _bilinear_cases(), points, atol=1e-10, rtol=1e-8,
+                     what="bilinear sampling in mrcnn_lite.ops.roi_align")
+
+
+def reference_roi_align_one_box(f: Tensor, box: Sequence[float], output_size: Tuple[int, int],
+                                spatial_scale: float, sampling_ratio: int) -> Tensor:
+    """``roi_align`` (``aligned=True``) of one box ``(x1, y1, x2, y2)`` on one map ``f (H, W)`` -> ``(PH, PW)``."""
+    boxes = torch.tensor([[0.0, *[float(v) for v in box]]], dtype=f.dtype)
+    return ops.roi_align(f[None, None], boxes, tuple(output_size), spatial_scale, sampling_ratio, aligned=True)[0, 0]
+
+
+def _roi_align_cases():
+    g = _gen(70)
+    f = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    yield "the whole map, one bin, one sample", dict(f=f, box=[0.5, 0.5, 7.5, 5.5], output_size=(1, 1),
+                                                     spatial_scale=1.0, sampling_ratio=1)
+    yield "a box inside one cell", dict(f=f, box=[2.6, 1.7, 3.2, 2.4], output_size=(2, 2),
+                                        spatial_scale=1.0, sampling_ratio=2)
+    for seed in SEEDS:
+        g = _gen(seed)
+        h, w = int(torch.randint(3, 12, (1,), generator=g)), int(torch.randint(3, 12, (1,), generator=g))
+        f = torch.randn(h, w, generator=g, dtype=torch.float64)
+        scale = (1.0, 0.5, 0.25, 1 / 16, 0.125)[seed]
+        # In feature coordinates (after the -0.5 shift) the box stays inside [0, W-1] x [0, H-1].
+        x1, x2 = sorted((torch.rand(2, generator=g, dtype=torch.float64) * (w - 1)).tolist())
+        y1, y2 = sorted((torch.rand(2, generator=g, dtype=torch.float64) * (h - 1)).tolist())
+        box = [(v + 0.5) / scale for v in (x1, y1, x2, y2)]
+        out = (1 + seed % 3, 1 + (seed + 1) % 3)
+        yield f"random, seed {seed}", dict(f=f, box=box, output_size=out, spatial_scale=scale,
+                                           sampling_ratio=1 + seed % 3)
+
+
+def check_roi_align_one_box(fn: Callable, points: float = 3, name: str = "roi_align_one_box") -> CheckResult:
+    """``fn(f (H, W), box (x1, y1, x2, y2), output_size (PH, PW), spatial_scale, sampling_ratio) -> (PH, PW)``,
+    ``aligned=True``, against ``mrcnn_lite.ops.roi_align``."""
+    return run_check(name, fn, reference_roi_align_one_box, _roi_align_cases(), points, atol=1e-9, rtol=1e-7,
+                     what="mrcnn_lite.ops.roi_align (aligned=True)")

@@ -1,0 +1,360 @@
+"""The course tools: exercise checkers, student versions and the autograder.
+
+The checker tests are fast: each checker must pass the notebook's own solution (executed from the
+exercise cell) and the package reference, fail a plausible wrong implementation with a message that
+shows input, expected and got, and report NotImplementedError as "not implemented yet".
+
+The notebook tests execute notebooks: every solution notebook and every student notebook of 01-06
+is graded once (two at a time, through the CLI) in a module-scoped fixture.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mrcnn_lite as ml
+from mrcnn_lite.course import checks
+from mrcnn_lite.course.assignments import (BEGIN, END, SolutionMarkerError, make_student_notebook,
+                                           solution_lines, strip_solutions)
+from mrcnn_lite.model import backbone as B
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = [ROOT / "notebooks" / n for n in (
+    "01_boxes_iou_nms.ipynb", "02_resnet_backbone.ipynb", "03_feature_pyramid.ipynb",
+    "04_anchors.ipynb", "05_rpn.ipynb", "06_roi_pooling.ipynb")]
+PY = sys.executable
+
+
+# ------------------------------------------------------------------------------------------------
+# The solutions, taken from the notebooks' exercise cells
+# ------------------------------------------------------------------------------------------------
+def exercise_cells(path: Path):
+    nb = nbformat.read(str(path), as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code" and BEGIN in c.source]
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    """name -> the notebook's solution function/class, by executing every exercise cell."""
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml}
+    for path in NOTEBOOKS:
+        for source in exercise_cells(path):
+            exec(compile(source, str(path), "exec"), ns)
+    return ns
+
+
+def test_every_notebook_has_an_exercise_and_a_check():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        sources = [c.source for c in nb.cells if c.cell_type == "code"]
+        n_ex = sum(s.count(BEGIN) for s in sources)
+        n_checks = sum(s.count("checks.check_") for s in sources)
+        assert n_ex >= 1, f"{path.name} has no exercise"
+        assert n_checks == n_ex, f"{path.name}: {n_ex} exercises but {n_checks} check calls"
+
+
+# ------------------------------------------------------------------------------------------------
+# Plausible wrong implementations, one per checker
+# ------------------------------------------------------------------------------------------------
+def iou_no_clamp(b1, b2):
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    wh = torch.min(b1[:, None, 2:], b2[:, 2:]) - torch.max(b1[:, None, :2], b2[:, :2])  # forgot clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2 - inter)
+
+
+def encode_no_weights(targets, refs, weights=(1.0, 1.0, 1.0, 1.0)):
+    return checks.reference_encode(targets, refs, (1.0, 1.0, 1.0, 1.0))
+
+
+def nms_not_greedy(boxes, scores, iou_threshold):
+    """Drops a box when *any* higher-scored box overlaps it, even one that was itself dropped."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    iou = ml.ops.box_iou(boxes[order], boxes[order]).triu(1)
+    keep = ~(iou > iou_threshold).any(dim=0)
+    return order[keep]
+
+
+class BottleneckNoFinalRelu(B.Bottleneck):
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out)) + identity
+
+
+def top_down_from_laterals(L):
+    """Adds the upsampled *lateral* of the level above instead of the merged map."""
+    return [L[i] + F.interpolate(L[i + 1], size=L[i].shape[-2:], mode="nearest") for i in range(len(L) - 1)] + [L[-1]]
+
+
+def base_anchors_round_half_up(sizes, ratios):
+    rows = []
+    for r in ratios:
+        for s in sizes:
+            h, w = s * math.sqrt(r), s / math.sqrt(r)
+            rows.append([math.floor(v + 0.5) for v in (-w / 2, -h / 2, w / 2, h / 2)])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def grid_anchors_x_slow(base, grid_size, image_size):
+    (gh, gw), (H, W) = grid_size, image_size
+    xs, ys = torch.meshgrid(torch.arange(gw) * (W // gw), torch.arange(gh) * (H // gh), indexing="ij")
+    shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
+    return (shifts + base[None]).reshape(-1, 4)
+
+
+def rpn_loss_per_positive(objectness, deltas, labels, targets, pos_mask, neg_mask):
+    obj, box = checks.reference_rpn_loss(objectness, deltas, labels, targets, pos_mask, neg_mask)
+    n_sampled, n_pos = int(pos_mask.sum() + neg_mask.sum()), int(pos_mask.sum())
+    return obj, box * n_sampled / max(n_pos, 1)  # divides by the positives instead of all sampled
+
+
+def bilinear_no_edge_clamp(f, y, x):
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * f[y0, x0] + (1 - ly) * lx * f[y0, x0 + 1]
+            + ly * (1 - lx) * f[y0 + 1, x0] + ly * lx * f[y0 + 1, x0 + 1])
+
+
+def roi_align_not_aligned(f, box, output_size, spatial_scale, sampling_ratio):
+    shifted = [v + 0.5 / spatial_scale for v in box]  # undoes the -0.5 shift: the legacy grid
+    return checks.reference_roi_align_one_box(f, shifted, output_size, spatial_scale, sampling_ratio)
+
+
+# checker, solution name in the notebooks, package reference, a wrong implementation
+CASES = {
+    "box_iou": (checks.check_box_iou, "my_box_iou", ml.ops.box_iou, iou_no_clamp),
+    "encode": (checks.check_encode, "my_encode", checks.reference_encode, encode_no_weights),
+    "nms": (checks.check_nms, "my_nms", ml.ops.nms, nms_not_greedy),
+    "bottleneck": (checks.check_bottleneck, "MyBottleneck", B.Bottleneck, BottleneckNoFinalRelu),
+    "fpn_top_down": (checks.check_fpn_top_down, "top_down", checks.reference_fpn_top_down, top_down_from_laterals),
+    "base_anchors": (checks.check_base_anchors, "base_anchors", ml.model.anchors.generate_base_anchors,
+                     base_anchors_round_half_up),
+    "grid_anchors": (checks.check_grid_anchors, "grid_anchors", checks.reference_grid_anchors, grid_anchors_x_slow),
+    "rpn_loss": (checks.check_rpn_loss, "rpn_loss", checks.reference_rpn_loss, rpn_loss_per_positive),
+    "bilinear": (checks.check_bilinear, "bilinear", checks.reference_bilinear, bilinear_no_edge_clamp),
+    "roi_align_one_box": (checks.check_roi_align_one_box, "roi_align_one_box", checks.reference_roi_align_one_box,
+                          roi_align_not_aligned),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_checker_passes_solution_and_reference(name, solutions, capsys):
+    check, solution_name, reference, _ = CASES[name]
+    for fn in (solutions[solution_name], reference):
+        result = check(fn, points=2)
+        assert result.passed, result.message
+        assert (result.points, result.max_points, result.name) == (2, 2, name)
+    out = capsys.readouterr().out
+    assert out.count(f"PASS  {name} (2/2 points)") == 2
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_checker_fails_wrong_implementation_with_details(name, capsys):
+    check, _, _, wrong = CASES[name]
+    result = check(wrong, points=3)
+    assert not result.passed and result.implemented
+    assert result.points == 0 and result.max_points == 3
+    msg = result.message
+    assert msg.startswith(f"FAIL  {name} (0/3 points)")
+    assert "input:" in msg and "expected:" in msg, msg
+    assert "got:" in msg or "raised" in msg, msg
+    assert msg in capsys.readouterr().out
+    assert checks.RESULTS[-1] is result
+
+
+def test_failure_message_shows_first_difference(capsys):
+    result = checks.check_box_iou(iou_no_clamp)
+    assert "first difference at [" in result.message
+    assert "boxes1 = [[" in result.message  # small inputs are printed in full
+
+
+def test_exception_in_learner_code_is_reported_not_raised(capsys):
+    def broken(boxes1, boxes2):
+        return boxes1 @ boxes2  # shapes (N, 4) @ (M, 4): a RuntimeError
+    result = checks.check_box_iou(broken)
+    assert not result.passed
+    assert "raised RuntimeError" in result.message and "boxes1 @ boxes2" in result.message
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_checker_reports_not_implemented(name, capsys):
+    check = CASES[name][0]
+
+    def todo(*args, **kwargs):
+        raise NotImplementedError
+
+    class TodoBlock(B.Bottleneck):
+        def forward(self, x):
+            raise NotImplementedError
+
+    result = check(TodoBlock if name == "bottleneck" else todo)
+    assert not result.passed and not result.implemented and result.points == 0
+    assert result.message.startswith(f"TODO  {name}") and "not implemented yet" in result.message
+
+
+def test_or_reference_falls_back_only_while_not_implemented(capsys):
+    def mine(a, b):
+        raise NotImplementedError
+    fallback = checks.or_reference(mine, ml.ops.box_iou)
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    assert fallback(boxes, boxes).item() == 1.0
+    fallback(boxes, boxes)
+    assert capsys.readouterr().out.count("not implemented yet") == 1  # the note is printed once
+    assert checks.or_reference(lambda a, b: "mine", ml.ops.box_iou)(boxes, boxes) == "mine"
+
+    class Todo(B.Bottleneck):
+        def forward(self, x):
+            raise NotImplementedError
+    Block = checks.or_reference(Todo, B.Bottleneck)
+    block = Block(8, 2).eval()
+    ref = B.Bottleneck(8, 2).eval()
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(1, 8, 5, 5)
+    assert Block.__name__ == "Todo" and torch.equal(block(x), ref(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Student versions
+# ------------------------------------------------------------------------------------------------
+def test_strip_solutions_keeps_indent_and_rejects_broken_markers():
+    src = f"def f(x):\n    {BEGIN}\n    return x + 1\n    {END}\n\nprint(f)"
+    assert strip_solutions(src) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError\n\nprint(f)"
+    with pytest.raises(SolutionMarkerError):
+        strip_solutions(f"{BEGIN}\nx = 1")
+    with pytest.raises(SolutionMarkerError):
+        strip_solutions(f"x = 1\n{END}")
+
+
+def test_make_student_notebook_clears_outputs_and_metadata():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"# NBVAL_CHECK_OUTPUT\ndef f():\n    {BEGIN}\n    return 42\n    {END}")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="42\n")]
+    nb.cells[0].execution_count = 3
+    nb.cells[0].metadata["solution"] = "return 42"
+    nb.metadata["grader"] = {"answer": "return 42"}
+    student = make_student_notebook(nb)
+    text = nbformat.writes(student)
+    assert "42" not in text and "NBVAL_CHECK_OUTPUT" not in text
+    assert student.cells[0].outputs == [] and student.cells[0].execution_count is None
+    assert nb.cells[0].outputs, "the original notebook must not change"
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student")
+    proc = subprocess.run([PY, "-m", "mrcnn_lite.course", "make-assignments", "--out", str(out),
+                           *map(str, NOTEBOOKS)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_make_assignments_leaves_no_solution_text(student_dir):
+    for path in NOTEBOOKS:
+        student_text = (student_dir / path.name).read_text()
+        assert BEGIN not in student_text and END not in student_text
+        student = nbformat.read(str(student_dir / path.name), as_version=4)
+        for cell in student.cells:
+            assert cell.get("outputs", []) == [] and cell.get("execution_count") is None
+        lines = [l.strip() for src in exercise_cells(path) for l in solution_lines(src)]
+        # Distinctive: long code lines of the solutions that appear nowhere else in the teacher's
+        # notebook (my_decode in 01, for example, legitimately shares a few lines with my_encode).
+        teacher = nbformat.read(str(path), as_version=4)
+        given = "\n".join(strip_solutions(c.source) for c in teacher.cells if c.cell_type == "code")
+        distinctive = [l for l in lines if len(l) >= 20 and not l.startswith("#") and l not in given]
+        assert len(distinctive) >= 2, f"{path.name}: too few solution lines to test with"
+        code = "\n".join(c.source for c in student.cells if c.cell_type == "code")
+        leaked = [l for l in distinctive if l in code or json.dumps(l)[1:-1] in student_text]
+        assert not leaked, f"{path.name}: solution lines left in the student version: {leaked}"
+        assert code.count("raise NotImplementedError") >= sum(s.count(BEGIN) for s in exercise_cells(path))
+
+
+def test_cli_help():
+    for args in ([], ["make-assignments"], ["grade"]):
+        proc = subprocess.run([PY, "-m", "mrcnn_lite.course", *args, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The autograder, on real notebooks (slow: every notebook executes once)
+# ------------------------------------------------------------------------------------------------
+PARTIAL = "04_anchors.ipynb"  # a student copy of this one gets its first exercise solved
+
+
+def _grade(path: Path, out_json: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")  # two kernels share the 2 cores
+    env.pop("MRCNN_LITE_FULL", None)
+    proc = subprocess.run([PY, "-m", "mrcnn_lite.course", "grade", str(path), "--json", str(out_json),
+                           "--timeout", "300"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out_json.read_text())
+    report["stdout"] = proc.stdout
+    return report
+
+
+@pytest.fixture(scope="module")
+def graded(student_dir, tmp_path_factory):
+    """Grades of the solution notebooks, the untouched student notebooks, and one partly solved one."""
+    work = tmp_path_factory.mktemp("grades")
+    # Solve exactly one exercise (the first) in a student copy by pasting back the teacher's cell.
+    solution_cell = exercise_cells(ROOT / "notebooks" / PARTIAL)[0]
+    partial = nbformat.read(str(student_dir / PARTIAL), as_version=4)
+    todo_cells = [c for c in partial.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
+    todo_cells[0].source = solution_cell
+    partial_dir = work / "partial"
+    partial_dir.mkdir()
+    nbformat.write(partial, str(partial_dir / PARTIAL))
+
+    jobs = {("solution", p.name): p for p in NOTEBOOKS}
+    jobs.update({("student", p.name): student_dir / p.name for p in NOTEBOOKS})
+    jobs[("partial", PARTIAL)] = partial_dir / PARTIAL
+    # Longest first, two at a time.
+    order = sorted(jobs, key=lambda k: (k[1] != "05_rpn.ipynb", k[1] != "02_resnet_backbone.ipynb"))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(_grade, jobs[k], work / f"{k[0]}_{k[1]}.json") for k in order}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
+def test_grade_full_marks_on_solution(graded, nb):
+    report = graded[("solution", nb)]
+    assert report["errors"] == [], report["errors"]
+    assert report["max_score"] > 0 and report["score"] == report["max_score"], report["stdout"]
+    assert all(e["status"] == "PASS" for e in report["exercises"])
+    assert set(report) >= {"score", "max_score", "exercises"}
+    assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
+def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, nb):
+    report = graded[("student", nb)]
+    assert report["score"] == 0 and report["max_score"] == graded[("solution", nb)]["max_score"]
+    # Every check ran (so every cell before it ran) and said "not implemented"; no cell raised.
+    assert all(e["status"] == "TODO" for e in report["exercises"]), report["stdout"]
+    assert report["errors"] == [], report["errors"]
+
+
+@pytest.mark.slow
+def test_grade_partial_score_with_one_exercise_solved(graded):
+    report = graded[("partial", PARTIAL)]
+    statuses = [e["status"] for e in report["exercises"]]
+    assert statuses == ["PASS", "TODO"], report["stdout"]
+    assert 0 < report["score"] < report["max_score"]
+    assert report["score"] == report["exercises"][0]["max_points"]
+    assert "score: 2 / 4" in report["stdout"]
