@@ -5,6 +5,6 @@
     model = ml.build_model(ml.config.tiny(num_classes=4))
 """
 from . import config, ops
-from .model.mask_rcnn import build_model, maskrcnn_resnet50_fpn
+from .model.mask_rcnn import build_model, from_torchvision, maskrcnn_resnet50_fpn
 
 __version__ = "0.1.0"

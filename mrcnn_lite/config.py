@@ -66,6 +66,7 @@ class MaskRCNNConfig:
     mask_roi_sampling_ratio: int = 2
     mask_layers: Tuple[int, ...] = (256, 256, 256, 256)
     mask_dilation: int = 1
+    mask_dim_reduced: Optional[int] = None  # channels of conv5_mask; None = mask_layers[-1] (256 for r50_fpn)
 
     # --- kernels ---
     # True: use torchvision's compiled roi_align / nms where importable (faster, same numbers).

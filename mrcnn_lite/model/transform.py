@@ -1,0 +1,195 @@
+"""The model's first and last step: images in, one padded batch out; detections back to the original size.
+
+Mask R-CNN takes a *list* of images of any size. Before the backbone sees them, ``GeneralizedRCNNTransform``
+
+1. normalises each image with the ImageNet mean and std (the backbone was pre-trained that way),
+2. resizes it so that its short side is ``min_size`` unless that makes the long side exceed
+   ``max_size`` (bilinear for images, nearest for masks, boxes scaled by the same factors),
+3. copies all images into one zero-padded batch ``(B, 3, H, W)`` whose H and W are multiples of
+   ``size_divisible`` (32: the coarsest FPN level has stride 32, so every level lines up).
+
+After the heads, ``postprocess`` maps boxes back to each original image and pastes the 28x28 mask
+probabilities into full-size masks. Targets are copied, never modified in place.
+
+Same arithmetic as torchvision's ``GeneralizedRCNNTransform`` (the tests prove equality).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mask_head import paste_masks_in_image
+
+
+class ImageList:
+    """A padded batch and the size of each image in it before padding.
+
+    tensors:     (B, C, H, W) the padded batch
+    image_sizes: list of B (h, w): the resized image's size, top-left aligned inside the padding
+    """
+
+    def __init__(self, tensors: Tensor, image_sizes: List[Tuple[int, int]]):
+        self.tensors = tensors
+        self.image_sizes = image_sizes
+
+    def to(self, device) -> "ImageList":
+        return ImageList(self.tensors.to(device), self.image_sizes)
+
+    def __repr__(self) -> str:
+        return f"ImageList(tensors={tuple(self.tensors.shape)}, image_sizes={self.image_sizes})"
+
+
+def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
+    """Scale ``boxes (N, 4) xyxy`` from an image of ``original_size (h, w)`` to one of ``new_size (h, w)``.
+
+    The ratios are computed in float32, as torchvision does, so float64 models give the same numbers.
+    """
+    ratio_h = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
+    ratio_h, ratio_w = ratio_h.to(boxes.device), ratio_w.to(boxes.device)
+    xmin, ymin, xmax, ymax = boxes.unbind(1)
+    return torch.stack((xmin * ratio_w, ymin * ratio_h, xmax * ratio_w, ymax * ratio_h), dim=1)
+
+
+def resize_image_and_masks(
+    image: Tensor, min_size: int, max_size: int, target: Optional[Dict[str, Tensor]] = None
+) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
+    """Resize ``image (3, h, w)`` (bilinear) and ``target["masks"] (n, h, w)`` (nearest) by one scale factor.
+
+    The factor makes the short side ``min_size`` unless the long side would then exceed ``max_size``.
+    Boxes are not touched here (``GeneralizedRCNNTransform.resize`` scales them).
+    """
+    h, w = image.shape[-2:]
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    # recompute_scale_factor=True: the output size is floor(h * scale), and the interpolation then
+    # uses the exact ratio in / out (what torchvision does; it matters for equality, not for learning).
+    image = F.interpolate(
+        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )[0]
+    if target is not None and "masks" in target:
+        masks = target["masks"]
+        masks = F.interpolate(masks[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+        target["masks"] = masks
+    return image, target
+
+
+class GeneralizedRCNNTransform(nn.Module):
+    """Normalise, resize and batch the input images (and their targets); map detections back.
+
+    Args:
+        min_size:   short side after resizing; a tuple picks one at random per image in training
+                    (multi-scale training), the last one is used at evaluation
+        max_size:   the long side never exceeds this
+        image_mean, image_std: per-channel normalisation (RGB, images in [0, 1])
+        size_divisible: the padded batch's H and W are multiples of this
+    """
+
+    def __init__(
+        self,
+        min_size: Union[int, Sequence[int]],
+        max_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        size_divisible: int = 32,
+    ):
+        super().__init__()
+        if not isinstance(min_size, (list, tuple)):
+            min_size = (min_size,)
+        self.min_size = tuple(min_size)
+        self.max_size = max_size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.size_divisible = size_divisible
+
+    def forward(
+        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> Tuple[ImageList, Optional[List[Dict[str, Tensor]]]]:
+        """images: list of B ``(3, h_i, w_i)`` float in [0, 1]; targets: list of B dicts (boxes, labels, masks).
+
+        Returns the padded ``ImageList`` and new target dicts (the caller's dicts are left untouched).
+        """
+        images = list(images)
+        if targets is not None:
+            targets = [dict(t) for t in targets]  # shallow copies: we replace entries, never edit tensors
+        for i, image in enumerate(images):
+            if image.dim() != 3:
+                raise ValueError(f"image {i}: expected a (C, H, W) tensor, got shape {tuple(image.shape)}")
+            target = targets[i] if targets is not None else None
+            image = self.normalize(image)
+            image, target = self.resize(image, target)
+            images[i] = image
+            if targets is not None:
+                targets[i] = target
+
+        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch = self.batch_images(images, self.size_divisible)
+        return ImageList(batch, image_sizes), targets
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """``(image - mean) / std`` per channel; ``image (3, h, w)`` float."""
+        if not image.is_floating_point():
+            raise TypeError(f"images must be floating point (values in [0, 1]), got {image.dtype}")
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return (image - mean[:, None, None]) / std[:, None, None]
+
+    def torch_choice(self, k: Sequence[int]) -> int:
+        """A random element of ``k`` drawn with PyTorch's generator (so ``torch.manual_seed`` controls it)."""
+        index = int(torch.empty(1).uniform_(0.0, float(len(k))).item())
+        return k[index]
+
+    def resize(
+        self, image: Tensor, target: Optional[Dict[str, Tensor]] = None
+    ) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
+        """Resize one normalised ``image (3, h, w)`` and its target (boxes scaled, masks nearest)."""
+        h, w = image.shape[-2:]
+        size = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        image, target = resize_image_and_masks(image, size, self.max_size, target)
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        return image, target
+
+    def batch_images(self, images: List[Tensor], size_divisible: int = 32) -> Tensor:
+        """Copy ``images`` (list of ``(C, h_i, w_i)``) top-left into a zero batch ``(B, C, H, W)``.
+
+        H and W are the largest h_i, w_i rounded up to a multiple of ``size_divisible``.
+        """
+        C = max(img.shape[0] for img in images)
+        H = max(img.shape[1] for img in images)
+        W = max(img.shape[2] for img in images)
+        H = int(math.ceil(H / size_divisible) * size_divisible)
+        W = int(math.ceil(W / size_divisible) * size_divisible)
+        batch = images[0].new_zeros((len(images), C, H, W))
+        for i, img in enumerate(images):
+            batch[i, : img.shape[0], : img.shape[1], : img.shape[2]].copy_(img)
+        return batch
+
+    def postprocess(
+        self,
+        result: List[Dict[str, Tensor]],
+        image_shapes: List[Tuple[int, int]],
+        original_image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
+        """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
+
+        boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1].
+        Does nothing in training mode (there are no detections then).
+        """
+        if self.training:
+            return result
+        for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
+            boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
+            result[i]["boxes"] = boxes
+            if "masks" in pred:
+                result[i]["masks"] = paste_masks_in_image(pred["masks"], boxes, o_im_s)
+        return result
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(\n    Normalize(mean={self.image_mean}, std={self.image_std})\n"
+            f"    Resize(min_size={self.min_size}, max_size={self.max_size}, mode='bilinear')\n)"
+        )
