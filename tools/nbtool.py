@@ -7,7 +7,7 @@
 
 Percent format: a line ``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell whose lines
 are written as ``# text``. Stripping keeps the outputs nbval compares -- the text outputs of cells
-marked ``# NBVAL_CHECK_OUTPUT`` -- and drops everything else (images never go into git).
+marked ``# NBVAL_CHECK_OUTPUT`` -- and drops everything else, widget state included (images never go into git).
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def nb2py(nb_path: Path, out: Path) -> None:
 
 
 def strip(nb) -> None:
+    # Saved widget state holds rendered images (PNG bytes): never keep it.
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
