@@ -5,7 +5,7 @@ exercise cell) and the package reference, fail a plausible wrong implementation 
 shows input, expected and got, and report NotImplementedError as "not implemented yet".
 
 The notebook tests execute notebooks: every solution notebook and every student notebook of 01-06
-is graded once (two at a time, through the CLI) in a module-scoped fixture.
+is graded once (two at a time, through the CLI) in a module-scoped fixture; likewise 07-09.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from mrcnn_lite.model import backbone as B
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [ROOT / "notebooks" / n for n in (
     "01_boxes_iou_nms.ipynb", "02_resnet_backbone.ipynb", "03_feature_pyramid.ipynb",
-    "04_anchors.ipynb", "05_rpn.ipynb", "06_roi_pooling.ipynb")]
+    "04_anchors.ipynb", "05_rpn.ipynb", "06_roi_pooling.ipynb",
+    "07_box_head.ipynb", "08_mask_head.ipynb", "09_mask_rcnn.ipynb")]
 PY = sys.executable
 
 
@@ -134,6 +135,29 @@ def roi_align_not_aligned(f, box, output_size, spatial_scale, sampling_ratio):
     return checks.reference_roi_align_one_box(f, shifted, output_size, spatial_scale, sampling_ratio)
 
 
+def fastrcnn_loss_per_positive(class_logits, box_regression, labels, regression_targets):
+    cls, box = checks.reference_fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+    return cls, box * labels.numel() / max(int((labels > 0).sum()), 1)  # divides by the positives
+
+
+def decode_class_boxes_unit_weights(box_regression, proposals, classes):
+    P = proposals.shape[0]
+    deltas = box_regression.reshape(P, box_regression.shape[1] // 4, 4)[torch.arange(P), classes]
+    return ml.ops.BoxCoder((1.0, 1.0, 1.0, 1.0)).decode_single(deltas, proposals)  # forgot (10, 10, 5, 5)
+
+
+def mask_targets_aligned(gt_masks, proposals, matched_idxs, M):
+    rois = torch.cat([matched_idxs[:, None].to(proposals), proposals], dim=1)
+    return ml.ops.roi_align(gt_masks[:, None].to(proposals), rois, (M, M), 1.0, -1, aligned=True)[:, 0]
+
+
+def to_original_paste_before_rescale(boxes, masks, image_size, original_size):
+    from mrcnn_lite.model.mask_head import paste_masks_in_image
+    from mrcnn_lite.model.transform import resize_boxes
+    pasted = paste_masks_in_image(masks, boxes, tuple(original_size))  # pastes into the resized boxes
+    return resize_boxes(boxes, image_size, original_size), pasted
+
+
 # checker, solution name in the notebooks, package reference, a wrong implementation
 CASES = {
     "box_iou": (checks.check_box_iou, "my_box_iou", ml.ops.box_iou, iou_no_clamp),
@@ -148,6 +172,14 @@ CASES = {
     "bilinear": (checks.check_bilinear, "bilinear", checks.reference_bilinear, bilinear_no_edge_clamp),
     "roi_align_one_box": (checks.check_roi_align_one_box, "roi_align_one_box", checks.reference_roi_align_one_box,
                           roi_align_not_aligned),
+    "fastrcnn_loss": (checks.check_fastrcnn_loss, "fastrcnn_loss_by_hand", checks.reference_fastrcnn_loss,
+                      fastrcnn_loss_per_positive),
+    "decode_class_boxes": (checks.check_decode_class_boxes, "decode_class_boxes",
+                           checks.reference_decode_class_boxes, decode_class_boxes_unit_weights),
+    "mask_targets": (checks.check_mask_targets, "mask_targets", ml.model.mask_head.project_masks_on_boxes,
+                     mask_targets_aligned),
+    "to_original": (checks.check_to_original, "to_original", checks.reference_to_original,
+                    to_original_paste_before_rescale),
 }
 
 
@@ -323,7 +355,8 @@ def graded(student_dir, tmp_path_factory):
     jobs.update({("student", p.name): student_dir / p.name for p in NOTEBOOKS})
     jobs[("partial", PARTIAL)] = partial_dir / PARTIAL
     # Longest first, two at a time.
-    order = sorted(jobs, key=lambda k: (k[1] != "05_rpn.ipynb", k[1] != "02_resnet_backbone.ipynb"))
+    longest = ("09_mask_rcnn.ipynb", "08_mask_head.ipynb", "05_rpn.ipynb", "02_resnet_backbone.ipynb")
+    order = sorted(jobs, key=lambda k: longest.index(k[1]) if k[1] in longest else len(longest))
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {k: pool.submit(_grade, jobs[k], work / f"{k[0]}_{k[1]}.json") for k in order}
         return {k: f.result() for k, f in futures.items()}

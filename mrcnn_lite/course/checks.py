@@ -39,8 +39,11 @@ from torch import Tensor
 from .. import ops
 from ..model.anchors import generate_base_anchors, grid_anchors
 from ..model.backbone import Bottleneck
+from ..model.box_head import fastrcnn_loss
 from ..model.fpn import FeaturePyramidNetwork
+from ..model.mask_head import project_masks_on_boxes
 from ..model.rpn import RegionProposalNetwork
+from ..model.transform import GeneralizedRCNNTransform
 
 __all__ = [
     "CheckResult", "RESULTS", "run_check", "or_reference", "compare",
@@ -49,6 +52,8 @@ __all__ = [
     "check_roi_align_one_box",
     "reference_encode", "reference_grid_anchors", "reference_fpn_top_down", "reference_rpn_loss",
     "reference_bilinear", "reference_roi_align_one_box",
+    "check_fastrcnn_loss", "check_decode_class_boxes", "check_mask_targets", "check_to_original",
+    "reference_fastrcnn_loss", "reference_decode_class_boxes", "reference_mask_targets", "reference_to_original",
 ]
 
 SEEDS = (0, 1, 2, 3, 4)  # random cases per checker; fixed so that a failure can be reproduced
@@ -663,3 +668,158 @@ def check_roi_align_one_box(fn: Callable, points: float = 3, name: str = "roi_al
     ``aligned=True``, against ``mrcnn_lite.ops.roi_align``."""
     return run_check(name, fn, reference_roi_align_one_box, _roi_align_cases(), points, atol=1e-9, rtol=1e-7,
                      what="mrcnn_lite.ops.roi_align (aligned=True)")
+
+
+# ==============================================================================================
+# Notebook 07: the box head (Fast R-CNN loss, class-specific decoding)
+# ==============================================================================================
+def reference_fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor,
+                            regression_targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """``box_head.fastrcnn_loss`` for one batch of sampled RoIs given as single tensors:
+    ``class_logits (S, C)``, ``box_regression (S, C * 4)``, ``labels (S,)``, ``regression_targets (S, 4)``."""
+    return fastrcnn_loss(class_logits, box_regression, [labels], [regression_targets])
+
+
+def _fastrcnn_loss_inputs(s: int, c: int, n_pos: int, g: torch.Generator) -> Dict[str, Tensor]:
+    f64 = dict(dtype=torch.float64)
+    labels = torch.zeros(s, dtype=torch.int64)
+    pos = torch.randperm(s, generator=g)[:n_pos]
+    labels[pos] = torch.randint(1, c, (n_pos,), generator=g) if c > 1 else 0
+    return dict(class_logits=torch.randn(s, c, generator=g, **f64) * 2,
+                box_regression=torch.randn(s, c * 4, generator=g, **f64) * 0.3,
+                labels=labels,
+                regression_targets=torch.randn(s, 4, generator=g, **f64) * 0.3)
+
+
+def _fastrcnn_loss_cases():
+    yield "one positive RoI (S=1)", _fastrcnn_loss_inputs(1, 4, 1, _gen(80))
+    yield "no positives: the box loss is 0", _fastrcnn_loss_inputs(8, 4, 0, _gen(81))
+    yield "all RoIs positive, two classes", _fastrcnn_loss_inputs(6, 2, 6, _gen(82))
+    for seed in SEEDS:
+        g = _gen(seed)
+        s = int(torch.randint(4, 120, (1,), generator=g))
+        c = int(torch.randint(2, 12, (1,), generator=g))
+        n_pos = int(torch.randint(1, s // 4 + 2, (1,), generator=g))
+        yield f"random, seed {seed}: {s} RoIs, {c} classes, {n_pos} positives", _fastrcnn_loss_inputs(s, c, n_pos, g)
+
+
+def check_fastrcnn_loss(fn: Callable, points: float = 3, name: str = "fastrcnn_loss") -> CheckResult:
+    """``fn(class_logits (S, C), box_regression (S, C*4), labels (S,), regression_targets (S, 4))
+    -> (loss_classifier, loss_box_reg)``, against ``mrcnn_lite.model.box_head.fastrcnn_loss``."""
+    return run_check(name, fn, reference_fastrcnn_loss, _fastrcnn_loss_cases(), points, atol=1e-9, rtol=1e-7,
+                     what="mrcnn_lite.model.box_head.fastrcnn_loss")
+
+
+def reference_decode_class_boxes(box_regression: Tensor, proposals: Tensor, classes: Tensor) -> Tensor:
+    """Each proposal decoded with the deltas of *its* class: ``box_regression (P, C * 4)``,
+    ``proposals (P, 4)``, ``classes (P,)`` -> ``(P, 4)``, with ``BoxCoder((10, 10, 5, 5))`` as the box head."""
+    P, C = box_regression.shape[0], box_regression.shape[1] // 4
+    boxes = ops.BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(box_regression, proposals)
+    return boxes.reshape(P, C, 4)[torch.arange(P), classes]
+
+
+def _decode_class_cases():
+    f64 = dict(dtype=torch.float64)
+    yield "empty (P=0)", dict(box_regression=torch.zeros(0, 16, **f64), proposals=torch.zeros(0, 4, **f64),
+                              classes=torch.zeros(0, dtype=torch.int64))
+    prop = torch.tensor([[10.0, 20.0, 50.0, 40.0]], **f64)
+    deltas = torch.zeros(1, 12, **f64)
+    deltas[0, 8:] = torch.tensor([10.0, -5.0, 0.5, 0.0], **f64)  # class 2 moves the box, the others do not
+    yield "one proposal, only class 2's deltas non-zero", dict(box_regression=deltas, proposals=prop,
+                                                               classes=torch.tensor([2]))
+    yield "the same proposal, class 1 (zero deltas: the box stays)", dict(
+        box_regression=deltas, proposals=prop, classes=torch.tensor([1]))
+    for seed in SEEDS:
+        g = _gen(seed)
+        p = int(torch.randint(1, 40, (1,), generator=g))
+        c = int(torch.randint(2, 10, (1,), generator=g))
+        yield f"random, seed {seed}: {p} proposals, {c} classes", dict(
+            box_regression=torch.randn(p, c * 4, generator=g, **f64),
+            proposals=random_boxes(p, g), classes=torch.randint(0, c, (p,), generator=g))
+
+
+def check_decode_class_boxes(fn: Callable, points: float = 2, name: str = "decode_class_boxes") -> CheckResult:
+    """``fn(box_regression (P, C*4), proposals (P, 4), classes (P,)) -> boxes (P, 4)``: the class's deltas
+    decoded with the weights (10, 10, 5, 5)."""
+    return run_check(name, fn, reference_decode_class_boxes, _decode_class_cases(), points, atol=1e-8, rtol=1e-7,
+                     what="BoxCoder((10, 10, 5, 5)).decode_single, the class's slot")
+
+
+# ==============================================================================================
+# Notebook 08: mask targets from the proposals
+# ==============================================================================================
+def reference_mask_targets(gt_masks: Tensor, proposals: Tensor, matched_idxs: Tensor, M: int) -> Tensor:
+    """``mask_head.project_masks_on_boxes``: each GT mask cropped by its proposal, RoIAlign to ``(M, M)``."""
+    return project_masks_on_boxes(gt_masks, proposals, matched_idxs, M)
+
+
+def _random_masks(n: int, h: int, w: int, g: torch.Generator) -> Tensor:
+    """``(n, h, w)`` uint8 masks: a random ellipse each."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    c = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h], dtype=torch.float64)
+    r = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h], dtype=torch.float64) / 3 + 2
+    d = ((xs - c[:, None, None, 0]) / r[:, None, None, 0]) ** 2 + ((ys - c[:, None, None, 1]) / r[:, None, None, 1]) ** 2
+    return (d <= 1).to(torch.uint8)
+
+
+def _mask_target_cases():
+    g = _gen(90)
+    masks = _random_masks(2, 24, 32, g)
+    yield "no positive proposals (P=0)", dict(gt_masks=masks, proposals=torch.zeros(0, 4),
+                                              matched_idxs=torch.zeros(0, dtype=torch.int64), M=7)
+    yield "the whole image as proposal, mask 1", dict(gt_masks=masks, proposals=torch.tensor([[0.0, 0.0, 32.0, 24.0]]),
+                                                       matched_idxs=torch.tensor([1]), M=8)
+    for seed in SEEDS:
+        g = _gen(seed)
+        h, w = int(torch.randint(16, 64, (1,), generator=g)), int(torch.randint(16, 64, (1,), generator=g))
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        p = int(torch.randint(1, 12, (1,), generator=g))
+        boxes = random_boxes(p, g, scale=float(min(h, w)) * 0.7, max_size=float(min(h, w)) * 0.5, dtype=torch.float32)
+        yield f"random, seed {seed}: {n} masks {h}x{w}, {p} proposals", dict(
+            gt_masks=_random_masks(n, h, w, g), proposals=boxes,
+            matched_idxs=torch.randint(0, n, (p,), generator=g), M=(28, 14, 7, 28, 5)[seed])
+
+
+def check_mask_targets(fn: Callable, points: float = 3, name: str = "mask_targets") -> CheckResult:
+    """``fn(gt_masks (n, H, W), proposals (P, 4), matched_idxs (P,), M) -> (P, M, M)`` float targets,
+    against ``mrcnn_lite.model.mask_head.project_masks_on_boxes``."""
+    return run_check(name, fn, reference_mask_targets, _mask_target_cases(), points, atol=1e-5, rtol=1e-5,
+                     what="mrcnn_lite.model.mask_head.project_masks_on_boxes")
+
+
+# ==============================================================================================
+# Notebook 09: detections back to the original image
+# ==============================================================================================
+def reference_to_original(boxes: Tensor, masks: Tensor, image_size: Tuple[int, int],
+                          original_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    """``GeneralizedRCNNTransform.postprocess`` for one image: ``boxes (m, 4)`` in the resized image's
+    pixels and ``masks (m, 1, M, M)`` -> boxes in the original image's pixels and ``(m, 1, H, W)`` pasted masks."""
+    out = GeneralizedRCNNTransform.postprocess(SimpleNamespace(training=False), [dict(boxes=boxes, masks=masks)],
+                                               [tuple(image_size)], [tuple(original_size)])[0]
+    return out["boxes"], out["masks"]
+
+
+def _to_original_cases():
+    g = _gen(95)
+    yield "no detections (m=0)", dict(boxes=torch.zeros(0, 4), masks=torch.zeros(0, 1, 28, 28),
+                                      image_size=(64, 96), original_size=(32, 48))
+    yield "same size (nothing to rescale)", dict(boxes=random_boxes(2, g, scale=30.0, dtype=torch.float32),
+                                                 masks=torch.rand(2, 1, 28, 28, generator=g),
+                                                 image_size=(64, 64), original_size=(64, 64))
+    for seed in SEEDS:
+        g = _gen(seed)
+        H, W = int(torch.randint(20, 90, (1,), generator=g)), int(torch.randint(20, 90, (1,), generator=g))
+        s = (2.0, 0.5, 1.6, 0.75, 3.0)[seed]
+        h, w = int(H * s), int(W * s)
+        m = int(torch.randint(1, 6, (1,), generator=g))
+        M = (28, 14, 28, 7, 28)[seed]
+        yield f"random, seed {seed}: {m} detections, {h}x{w} -> {H}x{W}", dict(
+            boxes=random_boxes(m, g, scale=0.6 * min(h, w), max_size=0.4 * min(h, w), dtype=torch.float32),
+            masks=torch.rand(m, 1, M, M, generator=g), image_size=(h, w), original_size=(H, W))
+
+
+def check_to_original(fn: Callable, points: float = 2, name: str = "to_original") -> CheckResult:
+    """``fn(boxes (m, 4), masks (m, 1, M, M), image_size (h, w), original_size (H, W)) -> (boxes (m, 4),
+    masks (m, 1, H, W))``, against ``GeneralizedRCNNTransform.postprocess``."""
+    return run_check(name, fn, reference_to_original, _to_original_cases(), points, atol=1e-4, rtol=1e-5,
+                     what="mrcnn_lite.model.transform.GeneralizedRCNNTransform.postprocess")
