@@ -13,7 +13,8 @@ Pieces, in the order they are used (names as in torchvision and the paper):
                          the class)
 ``maskrcnn_inference``   at test time, the predicted class's channel through a sigmoid -> ``(m, 1, 28, 28)``
 ``paste_masks_in_image`` the 28x28 probabilities resized into their boxes on a full-size canvas
-                         ``(m, 1, H, W)``; torchvision's geometry, but all masks at once with ``grid_sample``
+                         ``(m, 1, H, W)``; torchvision's geometry; a loop over masks on CPU, all masks
+                         at once with ``grid_sample`` on a GPU
 """
 from __future__ import annotations
 
@@ -152,7 +153,12 @@ def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
 
 
 def paste_masks_in_image(
-    masks: Tensor, boxes: Tensor, img_shape: Tuple[int, int], padding: int = 1, max_pixels_per_chunk: int = 1 << 22
+    masks: Tensor,
+    boxes: Tensor,
+    img_shape: Tuple[int, int],
+    padding: int = 1,
+    max_pixels_per_chunk: int = 1 << 22,
+    method: str = "auto",
 ) -> Tensor:
     """Paste ``masks (N, 1, M, M)`` (probabilities) into their ``boxes (N, 4)`` on an ``img_shape (H, W)`` canvas.
 
@@ -164,12 +170,17 @@ def paste_masks_in_image(
     3. resize the padded mask bilinearly (``align_corners=False``) to ``(y1 - y0 + 1, x1 - x0 + 1)``
        and put its top-left at pixel (x0, y0).
 
-    torchvision does step 3 with one ``interpolate`` per mask in a Python loop. Here every image pixel
-    (x, y) instead *samples* its mask at the position step 3 would have read it from,
-    ``u = (x - x0 + 0.5) * (M + 2) / w - 0.5``, with one ``grid_sample`` for many masks at once (in
-    chunks of at most ``max_pixels_per_chunk`` output pixels, to bound memory). Pixels outside the
-    box are set to 0.
+    Two ways to do step 3, same numbers (``method``):
+
+    * ``"loop"``: one ``interpolate`` per mask into its box, as torchvision does. Each mask only
+      touches the pixels of its own box, so on a CPU this is the fastest way.
+    * ``"grid"``: every canvas pixel *samples* its mask with one ``grid_sample`` for many masks at
+      once (in chunks of at most ``max_pixels_per_chunk`` output pixels). Far fewer, larger
+      kernels: the better choice on a GPU, where a Python loop of small kernels is launch-bound.
+    * ``"auto"`` (default): ``"loop"`` on CPU, ``"grid"`` elsewhere.
     """
+    if method not in ("auto", "loop", "grid"):
+        raise ValueError(f"paste_masks_in_image: method must be 'auto', 'loop' or 'grid', got {method!r}")
     im_h, im_w = int(img_shape[0]), int(img_shape[1])
     N = masks.shape[0]
     if N == 0:
@@ -178,20 +189,44 @@ def paste_masks_in_image(
     padded = F.pad(masks, (padding,) * 4)                       # (N, 1, M+2p, M+2p)
     scale = float(M + 2 * padding) / M
     boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)    # integer pixel boxes (truncated)
+    if method == "loop" or (method == "auto" and masks.device.type == "cpu"):
+        return _paste_loop(padded, boxes, im_h, im_w)
+    return _paste_grid(padded, boxes, im_h, im_w, max_pixels_per_chunk)
+
+
+def _paste_loop(padded: Tensor, boxes: Tensor, im_h: int, im_w: int) -> Tensor:
+    """Step 3 mask by mask: ``padded (N, 1, S, S)``, integer ``boxes (N, 4)`` -> ``(N, 1, im_h, im_w)``."""
+    out = padded.new_zeros((padded.shape[0], 1, im_h, im_w))
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):  # one host copy of all boxes, not one per box
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        # The part of the box that lies on the canvas (a box may stick out of the image).
+        cx0, cx1 = max(x0, 0), min(x1 + 1, im_w)
+        cy0, cy1 = max(y0, 0), min(y1 + 1, im_h)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        resized = F.interpolate(padded[i: i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        out[i, 0, cy0:cy1, cx0:cx1] = resized[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
+    return out
+
+
+def _paste_grid(padded: Tensor, boxes: Tensor, im_h: int, im_w: int, max_pixels_per_chunk: int) -> Tensor:
+    """Step 3 for all masks at once with ``grid_sample``; same arguments as ``_paste_loop``.
+
+    Pixel x of the canvas is pixel (x - x0) of the resized mask. grid_sample's normalised coordinate
+    g in [-1, 1] (align_corners=False) reads source position ((g + 1) * size - 1) / 2, so
+    g = (2 * (x - x0) + 1) / w - 1 reads exactly where ``interpolate(size=(h, w))`` reads.
+    """
+    N = padded.shape[0]
     x0, y0, x1, y1 = boxes.unbind(1)
     w = (x1 - x0 + 1).clamp(min=1)                              # size the mask is resized to
     h = (y1 - y0 + 1).clamp(min=1)
-
-    dtype, device = masks.dtype, masks.device
+    dtype, device = padded.dtype, padded.device
     xs = torch.arange(im_w, device=device)
     ys = torch.arange(im_h, device=device)
-    out = masks.new_zeros((N, 1, im_h, im_w))
+    out = padded.new_zeros((N, 1, im_h, im_w))
     chunk = max(1, max_pixels_per_chunk // max(1, im_h * im_w))
     for s in range(0, N, chunk):
         e = min(N, s + chunk)
-        # Pixel x of the canvas is pixel (x - x0) of the resized mask. grid_sample's normalised coordinate
-        # g in [-1, 1] (align_corners=False) reads source position ((g + 1) * size - 1) / 2, so
-        # g = (2 * (x - x0) + 1) / w - 1 reads exactly where interpolate(size=(h, w)) reads.
         gx = (2 * (xs[None, :] - x0[s:e, None]) + 1).to(dtype) / w[s:e, None].to(dtype) - 1  # (n, W)
         gy = (2 * (ys[None, :] - y0[s:e, None]) + 1).to(dtype) / h[s:e, None].to(dtype) - 1  # (n, H)
         n = e - s

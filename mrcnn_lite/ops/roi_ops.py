@@ -454,13 +454,23 @@ class MultiScaleRoIAlign(nn.Module):
             return self.roi_align(feats[0], rois, spatial_scale=scales[0], **kwargs)
 
         levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level).to(rois.device)
-        c = feats[0].shape[1]
-        result = feats[0].new_zeros((rois.shape[0], c) + self.output_size)
-        for level, (feat, scale) in enumerate(zip(feats, scales)):  # a handful of levels
-            idx = torch.where(levels == level)[0]
-            pooled = self.roi_align(feat, rois[idx], spatial_scale=scale, **kwargs)
-            result = result.index_put((idx,), pooled.to(result.dtype))  # out-of-place: autograd-friendly
-        return result
+        # Group the RoIs by level (a stable sort keeps their order within a level), pool each group
+        # from its level, concatenate, and put the rows back in the boxes' order with one gather.
+        # (Writing each level's rows into a zero tensor, as torchvision does, costs a full copy of the
+        # result per level, forward and backward.)
+        order = torch.sort(levels, stable=True).indices
+        counts = torch.bincount(levels, minlength=len(feats)).tolist()  # one host sync for all levels
+        pooled = [
+            self.roi_align(feat, level_rois, spatial_scale=scale, **kwargs)
+            for feat, scale, level_rois in zip(feats, scales, rois[order].split(counts))
+        ]
+        unpooled = sum(counts[len(feats):])  # levels without a map (a subset of names): zeros, like torchvision
+        if unpooled:
+            pooled.append(feats[0].new_zeros((unpooled, feats[0].shape[1]) + self.output_size))
+        pooled = torch.cat([p.to(feats[0].dtype) for p in pooled])  # row j is RoI order[j]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return pooled[inverse]                          # row i is RoI i again
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
