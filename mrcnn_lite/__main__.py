@@ -1,7 +1,17 @@
 """Command line: ``python -m mrcnn_lite <command> ...`` (``--help`` on each command).
 
-Commands so far:
-    shapes   generate the synthetic shapes data, export it as COCO (train + val), draw a sample grid
+Commands:
+    train     train a model: the tiny course model on generated shapes (``--config tiny-shapes``),
+              or a model on your own COCO-format data (``--config r50-fpn|tiny --images --annotations``)
+    evaluate  COCO box and mask AP of a checkpoint on a COCO-format dataset
+    predict   run a checkpoint on image files; write overlays (PNG) and detections (JSON)
+    shapes    generate the synthetic shapes data, export it as COCO (train + val), draw a sample grid
+    bench     speed benchmarks (see ``mrcnn_lite.bench``)
+
+    python -m mrcnn_lite train --config tiny-shapes --out runs/demo
+    python -m mrcnn_lite evaluate --checkpoint runs/demo/checkpoint.pt \
+        --images data/shapes-mini/val/images --annotations data/shapes-mini/val/annotations.json
+    python -m mrcnn_lite predict --checkpoint runs/demo/checkpoint.pt img1.png img2.png --out runs/pred
 
 Each command is one ``add_<name>_parser`` function that registers its sub-parser and points it at a
 ``cmd_<name>(args)`` function, so later commands (train, evaluate, predict, bench) slot in the same way.
@@ -9,10 +19,16 @@ Each command is one ``add_<name>_parser`` function that registers its sub-parser
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+# The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in under
+# 10 minutes on 2 CPU cores. Every value can be overridden on the command line.
+TINY_SHAPES_RECIPE = dict(num_train=2000, num_val=50, epochs=2, batch_size=4, lr=0.02, warmup=50)
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -78,6 +94,391 @@ def cmd_shapes(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _use_agg() -> None:
+    """Files are all the CLI draws: use the Agg backend unless pyplot is already set up."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+
+
+def _device(name: str):
+    import torch
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
+    return name
+
+
+def _coco_dataset(images, annotations, what: str, transforms=None):
+    from .data import CocoInstances
+    if images is None or annotations is None:
+        raise SystemExit(f"error: {what} needs both --images DIR and --annotations FILE.json")
+    try:
+        return CocoInstances(images, annotations, transforms=transforms)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+def _load_model(path, device):
+    from .engine.checkpoint import load_checkpoint
+    try:
+        return load_checkpoint(path, map_location=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+def _class_names(checkpoint_path, num_classes: int) -> list:
+    """Class names saved with a checkpoint (``meta["class_names"]``), else the label numbers."""
+    from .engine.checkpoint import read_checkpoint
+    names = read_checkpoint(checkpoint_path).get("meta", {}).get("class_names")
+    if not names or len(names) != num_classes:
+        names = ["__background__"] + [str(i) for i in range(1, num_classes)]
+    return list(names)
+
+
+def _print_ap(metrics: dict, header: str) -> None:
+    for kind, name in (("bbox", "box"), ("segm", "mask")):
+        m = metrics[kind]
+        print(f"{header} {name:4s} AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}  "
+              f"APs {m['APs']:.3f}  APm {m['APm']:.3f}  APl {m['APl']:.3f}")
+
+
+def load_torchvision_weights(model, path) -> list:
+    """Load a torchvision ``maskrcnn_resnet50_fpn`` COCO state dict into ``model`` (same architecture).
+
+    Tensors whose shape differs (the class-specific predictor layers when your dataset has another
+    number of classes than COCO's 91) are skipped and keep their fresh initialisation. Returns the
+    names of the skipped tensors. Loaded with ``weights_only=True``.
+    """
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a mrcnn_lite or torchvision-references training checkpoint
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} keys are not in the model (first: {unknown[:3]}); "
+                         f"is it a maskrcnn_resnet50_fpn state dict?")
+    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state))
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return sorted(skipped + missing)
+
+
+def _init_distributed(device: str):
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group. Returns (rank, device)."""
+    import torch
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), f"cuda:{local}"
+    dist.init_process_group("gloo")
+    return dist.get_rank(), device
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def add_train_parser(subparsers) -> None:
+    r = TINY_SHAPES_RECIPE
+    p = subparsers.add_parser(
+        "train", help="train a model (default: the tiny course model on generated shapes)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train Mask R-CNN. --config tiny-shapes: the tiny model on generated ShapesDataset "
+                    "images, evaluated on a held-out split (seed + 1) at the end. --config r50-fpn or "
+                    "tiny with --images/--annotations: your own COCO-format data (num_classes = max "
+                    "category id + 1). Writes OUT/checkpoint.pt (load it with "
+                    "mrcnn_lite.load_checkpoint), metrics.json, metrics.csv and losses.png. "
+                    "Several GPUs: torchrun --nproc_per_node N -m mrcnn_lite train ...")
+    p.add_argument("--config", choices=("tiny-shapes", "tiny", "r50-fpn"), default="tiny-shapes",
+                   help="model + data preset")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs (tiny-shapes: {r['epochs']}, else 12)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per step, all processes together (tiny-shapes: {r['batch_size']}, else 4)")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (tiny-shapes: {r['lr']}, else 0.01)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument("--warmup", type=int, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
+    p.add_argument("--clip-grad-norm", type=float, default=10.0, help="gradient clipping (0: off)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA only)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt")
+    p.add_argument("--eval-every", type=int, default=0, help="epochs between evaluations (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (and shapes train seed; val uses seed + 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("tiny-shapes data")
+    g.add_argument("--num-train", type=int, default=r["num_train"], help="generated training images")
+    g.add_argument("--num-val", type=int, default=r["num_val"], help="generated held-out images (0: no evaluation)")
+    g = p.add_argument_group("your own COCO-format data (--config r50-fpn or tiny)")
+    g.add_argument("--images", type=Path, help="training images folder")
+    g.add_argument("--annotations", type=Path, help="training COCO annotations JSON")
+    g.add_argument("--val-images", type=Path, help="validation images folder")
+    g.add_argument("--val-annotations", type=Path, help="validation COCO annotations JSON")
+    g.add_argument("--weights", type=Path,
+                   help="r50-fpn: torchvision maskrcnn_resnet50_fpn COCO state dict to start from "
+                        "(predictor layers re-initialised when the class count differs)")
+    g.add_argument("--min-size", type=int, default=None, help="r50-fpn: shorter image side (default 800)")
+    g.add_argument("--max-size", type=int, default=None, help="r50-fpn: longer image side cap (default 1333)")
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from . import config as C
+    from .data import CLASSES, Compose, RandomHorizontalFlip, ShapesDataset
+    from .engine import TrainConfig, Trainer
+    from .engine.coco_eval import evaluate
+    from .model.mask_rcnn import build_model
+
+    _use_agg()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    rank, device = _init_distributed(device)
+    shapes = args.config == "tiny-shapes"
+    r = TINY_SHAPES_RECIPE
+    pick = lambda value, shapes_default, default: value if value is not None else (
+        shapes_default if shapes else default)
+
+    if shapes:
+        if args.images or args.annotations:
+            raise SystemExit("error: --config tiny-shapes generates its data; use --config tiny or "
+                             "r50-fpn with --images/--annotations")
+        train_set = ShapesDataset(args.num_train, seed=args.seed)
+        val_set = ShapesDataset(args.num_val, seed=args.seed + 1) if args.num_val > 0 else None
+        class_names = list(CLASSES)
+        cfg = C.tiny(num_classes=len(CLASSES), norm="bn")  # from scratch: trainable BatchNorm
+        print(f"data: {len(train_set)} generated shapes images for training, "
+              f"{args.num_val} held out (seed {args.seed + 1})")
+    else:
+        flip = None if args.no_flip else Compose([RandomHorizontalFlip(0.5)])
+        train_set = _coco_dataset(args.images, args.annotations, f"--config {args.config}", flip)
+        val_set = None
+        if args.val_images or args.val_annotations:
+            val_set = _coco_dataset(args.val_images, args.val_annotations, "validation")
+        class_names = train_set.class_names
+        num_classes = len(class_names)  # max category id + 1
+        if num_classes < 2:
+            raise SystemExit(f"error: {args.annotations} declares no categories")
+        print(f"data: {train_set!r}" + (f"\nval:  {val_set!r}" if val_set is not None else ""))
+        if args.config == "tiny":
+            cfg = C.tiny(num_classes=num_classes)
+        else:
+            sizes = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v}
+            cfg = C.r50_fpn(num_classes=num_classes, **sizes)
+            if args.weights is None:
+                # From scratch: every layer trains, with trainable BatchNorm (frozen statistics are
+                # only meaningful for pretrained weights).
+                cfg = cfg.replace(trainable_layers=5, norm="bn")
+                print("note: no --weights, so ResNet-50 trains from scratch (norm=bn, all layers)")
+
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    if args.weights is not None:
+        if args.config != "r50-fpn":
+            raise SystemExit("error: --weights needs --config r50-fpn (torchvision's architecture)")
+        try:
+            fresh = load_torchvision_weights(model, args.weights)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}")
+        print(f"loaded {args.weights}; re-initialised {len(fresh)} tensors"
+              + (f" ({', '.join(fresh)})" if fresh else ""))
+
+    tcfg = TrainConfig(
+        epochs=pick(args.epochs, r["epochs"], 12), batch_size=pick(args.batch_size, r["batch_size"], 4),
+        lr=pick(args.lr, r["lr"], 0.01), optimizer=args.optimizer, schedule=args.schedule,
+        warmup_iters=pick(args.warmup, r["warmup"], 100), clip_grad_norm=args.clip_grad_norm or None,
+        amp=args.amp, eval_every=args.eval_every or max(1, pick(args.epochs, r["epochs"], 12)),
+        seed=args.seed, num_workers=args.workers, progress=not args.no_progress)
+    trainer = Trainer(model, train_set, tcfg, args.out, val_set=val_set, device=device,
+                      evaluate_fn=(lambda m, ds: evaluate(m, ds, device=device)) if val_set is not None else None,
+                      meta={"class_names": class_names, "command": " ".join(sys.argv)})
+    if args.resume and not trainer.checkpoint_path.exists():
+        print(f"note: --resume but {trainer.checkpoint_path} does not exist; starting a new run")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"model: {args.config}, {cfg.num_classes} classes, {n_params / 1e6:.2f} M trainable parameters, "
+          f"norm={cfg.norm}; {tcfg.epochs} epochs x {trainer.iters_per_epoch} steps of {tcfg.batch_size} "
+          f"images, lr {tcfg.lr}, on {device}" + (f" x {trainer.world} processes" if trainer.world > 1 else ""))
+    start = time.perf_counter()
+    try:
+        history = trainer.fit(resume=args.resume)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    if rank == 0:
+        print(f"trained in {time.perf_counter() - start:.1f} s; wrote {trainer.checkpoint_path}, "
+              f"{args.out / 'metrics.json'}, {args.out / 'metrics.csv'}, {args.out / 'losses.png'}")
+        if history["eval"]:
+            _print_ap(history["eval"][-1], f"held-out (epoch {history['eval'][-1]['epoch']})")
+    if trainer.world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="COCO box and mask AP of a checkpoint on a COCO-format dataset",
+        description="Run a checkpoint over a COCO-format dataset and print pycocotools' summary for boxes "
+                    "and masks. Category ids in the annotation file are the model's labels. "
+                    'With --out, writes {"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}} as JSON.')
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
+    p.add_argument("--images", required=True, type=Path, help="images folder")
+    p.add_argument("--annotations", required=True, type=Path, help="COCO annotations JSON")
+    p.add_argument("--out", type=Path, help="write the metrics dict here (JSON)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .engine.coco_eval import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    model = _load_model(args.checkpoint, device)
+    dataset = _coco_dataset(args.images, args.annotations, "evaluate")
+    top = max(dataset.categories, default=0)
+    if top >= model.cfg.num_classes:
+        raise SystemExit(f"error: {args.annotations} has category id {top} but the model knows labels "
+                         f"1..{model.cfg.num_classes - 1} (category ids are the model's labels)")
+    print(f"evaluating {args.checkpoint} on {dataset!r}")
+    start = time.perf_counter()
+    metrics = evaluate(model, dataset, device=device, batch_size=args.batch_size,
+                       mask_threshold=args.mask_threshold, verbose=True)
+    print(f"evaluated {len(dataset)} images in {time.perf_counter() - start:.1f} s")
+    _print_ap(metrics, "")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- predict
+
+
+def add_predict_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="run a checkpoint on images; write overlay PNGs and detections JSON",
+        description="For each IMAGE writes OUT/<name>.png (the image with masks, boxes, labels and scores "
+                    "drawn) and, for all images, OUT/detections.json: per image its path, size and a "
+                    "list of {box [x1, y1, x2, y2], label, label_name, score, mask (COCO RLE or polygons)}.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections with score >= this (default 0.5)")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle", help="mask encoding in the JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .data import image_to_tensor, mask_to_polygons, mask_to_rle
+
+    _use_agg()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .viz import draw_instances
+
+    device = _device(args.device)
+    model = _load_model(args.checkpoint, device)
+    names = _class_names(args.checkpoint, model.cfg.num_classes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    for path in args.images:
+        if not path.is_file():
+            raise SystemExit(f"error: image not found: {path}")
+        try:
+            with Image.open(path) as im:
+                image = image_to_tensor(np.array(im.convert("RGB")))
+        except OSError as e:
+            raise SystemExit(f"error: cannot read image {path}: {e}")
+        with torch.no_grad():
+            out = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        keep = out["scores"] >= args.score_thresh
+        out = {k: v[keep] for k, v in out.items()}
+        masks = (out["masks"][:, 0] >= args.mask_threshold).numpy().astype(np.uint8)
+        dets = []
+        for i in range(len(out["scores"])):
+            label = int(out["labels"][i])
+            mask = mask_to_rle(masks[i]) if args.mask_format == "rle" else mask_to_polygons(masks[i])
+            dets.append({"box": [round(float(v), 2) for v in out["boxes"][i]], "label": label,
+                         "label_name": names[label] if label < len(names) else str(label),
+                         "score": round(float(out["scores"][i]), 4), "mask": mask})
+        stem = path.stem
+        while stem in used:  # two inputs with the same name from different folders
+            stem += "_"
+        used.add(stem)
+        fig = Figure(figsize=(5, 5 * image.shape[1] / image.shape[2]), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes((0, 0, 1, 1))
+        draw_instances(image, out["boxes"], out["labels"], out["scores"], out["masks"], class_names=names,
+                       ax=ax, score_thresh=args.score_thresh, mask_thresh=args.mask_threshold)
+        overlay = args.out / f"{stem}.png"
+        fig.savefig(overlay)
+        results.append({"image": str(path), "overlay": str(overlay), "height": int(image.shape[1]),
+                        "width": int(image.shape[2]), "detections": dets})
+        print(f"{path}: {len(dets)} detections -> {overlay}")
+    (args.out / "detections.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out / 'detections.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- bench
+
+
+def add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="speed benchmarks against torchvision (mrcnn_lite.bench)",
+                              description="Speed and memory benchmarks; options come from mrcnn_lite.bench.")
+    import importlib
+    try:
+        bench = importlib.import_module("mrcnn_lite.bench")
+    except ImportError:
+        bench = None
+    if bench is not None and hasattr(bench, "add_arguments"):
+        bench.add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import importlib
+    try:
+        bench = importlib.import_module("mrcnn_lite.bench")
+    except ImportError as e:
+        print(f"error: the bench command is not available ({e})", file=sys.stderr)
+        return 2
+    return int(bench.run(args) or 0)
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -87,7 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="mrcnn_lite: Mask R-CNN from scratch. Run a command with --help for its options.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    add_train_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    add_predict_parser(subparsers)
     add_shapes_parser(subparsers)
+    add_bench_parser(subparsers)
     return parser
 
 

@@ -24,6 +24,11 @@ class MaskRCNNConfig:
     base_width: int = 64                # channels of the stem; stage widths are 1x, 2x, 4x, 8x this
     trainable_layers: int = 3           # how many of layer4, layer3, ..., conv1 are trained (0..5)
     frozen_bn_eps: float = 0.0          # torchvision's COCO v1 checkpoint was trained with eps = 0
+    # Normalisation layer of the ResNet body:
+    #   "frozen_bn" fixed statistics and affine (for pretrained weights; torchvision's choice),
+    #   "bn"        trainable BatchNorm2d (batch statistics; best when training from scratch),
+    #   "gn"        GroupNorm (per-image statistics; independent of the batch size).
+    norm: str = "frozen_bn"
     fpn_out_channels: int = 256
     returned_layers: Tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages that feed the FPN
 

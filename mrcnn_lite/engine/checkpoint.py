@@ -68,3 +68,38 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Rebuild a trained Mask R-CNN from a ``checkpoint.pt`` written by ``Trainer`` (or the ``train`` CLI).
+
+    The file is read with ``weights_only=True`` (no pickled code runs); the model is rebuilt from the
+    ``MaskRCNNConfig`` saved in it (``state["model_config"]``) and its weights are loaded strictly.
+    Returns the model in eval mode, on ``map_location``.
+
+        model = ml.load_checkpoint("runs/demo/checkpoint.pt")
+        outputs = model([image])
+
+    Raises FileNotFoundError (no file), ValueError (corrupt file, or no model weights / config in it).
+    """
+    from ..config import MaskRCNNConfig
+    from ..model.mask_rcnn import build_model
+
+    state = read_checkpoint(path, map_location=map_location)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a mrcnn_lite checkpoint: it has no 'model' weights "
+                         f"(keys: {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+    cfg = state.get("model_config")
+    if not cfg:
+        raise ValueError(f"{path} has model weights but no 'model_config', so the model cannot be rebuilt; "
+                         f"build it yourself (ml.build_model(cfg)) and call model.load_state_dict(state['model'])")
+    try:
+        cfg = MaskRCNNConfig.from_dict(cfg)
+    except TypeError as e:
+        raise ValueError(f"{path}: the saved model_config does not match this version of mrcnn_lite: {e}") from e
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit the model built from its config: {e}") from e
+    return model.to(map_location).eval()

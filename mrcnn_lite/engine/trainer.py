@@ -94,10 +94,12 @@ class Trainer:
         device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         model_config: saved in the checkpoint so ``load_checkpoint`` can rebuild the model
             (default: ``model.cfg.to_dict()`` when the model has one).
+        meta: optional plain dict saved as ``checkpoint["meta"]`` (e.g. ``{"class_names": [...]}``).
     """
 
     def __init__(self, model: nn.Module, train_set, cfg: TrainConfig, out_dir, val_set=None,
-                 evaluate_fn: Optional[Callable] = None, device="cpu", model_config: Optional[dict] = None):
+                 evaluate_fn: Optional[Callable] = None, device="cpu", model_config: Optional[dict] = None,
+                 meta: Optional[dict] = None):
         if cfg.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
         if cfg.amp not in ("off", "bf16", "fp16"):
@@ -111,6 +113,7 @@ class Trainer:
         if model_config is None and hasattr(model, "cfg") and hasattr(model.cfg, "to_dict"):
             model_config = model.cfg.to_dict()
         self.model_config = model_config
+        self.meta = dict(meta or {})
         if evaluate_fn is None and val_set is not None:
             from .coco_eval import evaluate as evaluate_fn
         self.evaluate_fn = evaluate_fn
@@ -239,6 +242,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "model_config": self.model_config,
+            "meta": self.meta,
             "train_config": asdict(self.cfg),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -339,15 +339,36 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(self.body(x))
 
 
+def group_norm(num_channels: int) -> nn.GroupNorm:
+    """GroupNorm with groups of 4 channels, at most 32 groups (32 is Wu & He's default for wide layers)."""
+    return nn.GroupNorm(max(1, min(32, num_channels // 4)), num_channels)
+
+
+def norm_layer_from_config(cfg: MaskRCNNConfig) -> NormLayer:
+    """``cfg.norm`` -> a ``channels -> module`` factory: "frozen_bn", "bn" or "gn".
+
+    Training from scratch needs a norm layer that *learns*: ``FrozenBatchNorm2d`` starts (and stays)
+    the identity, so a from-scratch ResNet without it trains slowly. Fine-tuning pretrained weights
+    keeps the stored statistics fixed ("frozen_bn").
+    """
+    if cfg.norm == "frozen_bn":
+        return partial(FrozenBatchNorm2d, eps=cfg.frozen_bn_eps)
+    if cfg.norm == "bn":
+        return nn.BatchNorm2d
+    if cfg.norm == "gn":
+        return group_norm
+    raise ValueError(f"norm must be 'frozen_bn', 'bn' or 'gn', got {cfg.norm!r}")
+
+
 def resnet_fpn_backbone(cfg: MaskRCNNConfig) -> BackboneWithFPN:
     """The Mask R-CNN backbone from the config: ResNet-``cfg.depth`` at ``cfg.base_width`` with
-    ``FrozenBatchNorm2d(eps=cfg.frozen_bn_eps)``, the first ``5 - cfg.trainable_layers`` layers frozen,
+    the norm layer ``cfg.norm`` (``FrozenBatchNorm2d(eps=cfg.frozen_bn_eps)`` by default), the first ``5 - cfg.trainable_layers`` layers frozen,
     stages ``cfg.returned_layers`` feeding an FPN with ``cfg.fpn_out_channels`` channels and a "pool" level.
 
     With ``config.r50_fpn()`` its state-dict keys are exactly those of torchvision's
     ``maskrcnn_resnet50_fpn(...).backbone``.
     """
-    norm_layer = partial(FrozenBatchNorm2d, eps=cfg.frozen_bn_eps)
+    norm_layer = norm_layer_from_config(cfg)
     body = resnet(cfg.depth, None, cfg.base_width, cfg.returned_layers, norm_layer)
     freeze_layers(body, cfg.trainable_layers)
     fpn = FeaturePyramidNetwork(body.out_channels_list, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool())

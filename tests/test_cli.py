@@ -1,0 +1,231 @@
+"""The command line (train / evaluate / predict / bench) and ``ml.load_checkpoint`` on the real tiny model.
+
+Every run here is a few steps on a few 128-px images, so the whole file takes well under a minute
+on 2 CPU cores; the AP that the full recipe reaches is measured by ``make demo``, not here.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import mrcnn_lite as ml
+from mrcnn_lite.__main__ import build_parser, main
+from mrcnn_lite.data import CLASSES, ShapesDataset, export_coco
+from mrcnn_lite.engine import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI_VAL = ROOT / "data" / "shapes-mini" / "val"
+FAST = ["--no-progress", "--threads", "2"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench", "shapes"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    assert f"python -m mrcnn_lite {command}" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One short course run: tiny model, 4 shapes images, 1 epoch of 2 steps, 2 held-out images."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--config", "tiny-shapes", "--out", str(out), "--epochs", "1", "--num-train", "4",
+                 "--num-val", "2", "--batch-size", "2", "--lr", "0.005", "--warmup", "2"] + FAST) == 0
+    return out
+
+
+def test_train_writes_checkpoint_metrics_and_plot(run_dir):
+    for name in ("checkpoint.pt", "metrics.json", "metrics.csv", "losses.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["train"]) == 2 and metrics["train"][-1]["step"] == 2
+    assert set(metrics["eval"][-1]["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    model = ml.load_checkpoint(run_dir / "checkpoint.pt")
+    assert model.cfg == ml.config.tiny(num_classes=4, norm=model.cfg.norm) and not model.training
+
+
+def test_load_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = ml.build_model(ml.config.tiny(num_classes=4, box_score_thresh=0.0))
+    trainer = Trainer(model, ShapesDataset(2, seed=3), TrainConfig(epochs=1, batch_size=2, lr=0.005,
+                      warmup_iters=1, progress=False), tmp_path)
+    trainer.fit()
+    loaded = ml.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded.cfg == model.cfg
+    images = [ShapesDataset(2, seed=9)[i][0] for i in range(2)]
+    model.eval()
+    with torch.no_grad():
+        a, b = model(images), loaded(images)
+    assert sum(len(o["boxes"]) for o in a) > 0
+    for oa, ob in zip(a, b):
+        for k in ("boxes", "labels", "scores", "masks"):
+            assert torch.equal(oa[k], ob[k]), k
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        ml.load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not load checkpoint"):
+        ml.load_checkpoint(bad)
+    torch.save({"model": {}}, tmp_path / "noconfig.pt")
+    with pytest.raises(ValueError, match="no 'model_config'"):
+        ml.load_checkpoint(tmp_path / "noconfig.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no 'model' weights"):
+        ml.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_evaluate_on_the_shipped_val_set_writes_the_metrics_dict(run_dir, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoint.pt"), "--images", str(MINI_VAL / "images"),
+                 "--annotations", str(MINI_VAL / "annotations.json"), "--out", str(out), "--threads", "2"]) == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    for kind in ("bbox", "segm"):
+        assert set(metrics[kind]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert all(-1.0 <= v <= 1.0 for v in metrics[kind].values())
+    printed = capsys.readouterr().out
+    assert "box  AP" in printed and "mask AP" in printed
+
+
+def test_evaluate_errors_are_clear(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--images", str(MINI_VAL / "images"),
+              "--annotations", str(MINI_VAL / "annotations.json")])
+    with pytest.raises(SystemExit, match="annotation file not found"):
+        main(["evaluate", "--checkpoint", str(run_dir / "checkpoint.pt"), "--images", str(MINI_VAL / "images"),
+              "--annotations", str(tmp_path / "missing.json")])
+
+
+def test_predict_writes_overlays_and_detections(run_dir, tmp_path):
+    images = sorted((MINI_VAL / "images").glob("*.png"))[:2]
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(run_dir / "checkpoint.pt"), *map(str, images), "--out", str(out),
+                 "--score-thresh", "0.0"]) == 0
+    for img in images:
+        assert (out / f"{img.stem}.png").read_bytes()[:4] == b"\x89PNG"
+    dets = json.loads((out / "detections.json").read_text())
+    assert [d["image"] for d in dets] == [str(p) for p in images]
+    for d in dets:
+        assert (d["height"], d["width"]) == (128, 128)
+        for det in d["detections"]:
+            assert len(det["box"]) == 4 and det["label"] in (1, 2, 3) and 0 <= det["score"] <= 1
+            assert det["label_name"] in ("circle", "square", "triangle")
+            assert set(det["mask"]) == {"size", "counts"}
+
+
+def test_resume_continues_the_run(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["train", "--config", "tiny-shapes", "--out", str(run), "--epochs", "2", "--num-train", "4",
+                 "--num-val", "0", "--batch-size", "2", "--lr", "0.005", "--warmup", "2", "--resume"] + FAST) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["global_step"] == 4
+    steps = [r["step"] for r in json.loads((run / "metrics.json").read_text())["train"]]
+    assert steps == [1, 2, 3, 4]  # epoch 1 kept from the first run, epoch 2 added
+
+
+def test_train_on_own_coco_data_with_an_empty_image(tmp_path):
+    ds = ShapesDataset(3, seed=5)
+    empty = ShapesDataset(1, seed=5, empty_prob=1.0)
+    assert len(empty[0][1]["boxes"]) == 0
+    export_coco(_Cat(ds, empty), tmp_path, "train", class_names=CLASSES)
+    out = tmp_path / "run"
+    assert main(["train", "--config", "tiny", "--images", str(tmp_path / "train" / "images"),
+                 "--annotations", str(tmp_path / "train" / "annotations.json"), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "2", "--lr", "0.005", "--warmup", "1"] + FAST) == 0
+    rows = json.loads((out / "metrics.json").read_text())["train"]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["meta"]["class_names"] == ["__background__", "circle", "square", "triangle"]
+
+
+class _Cat(torch.utils.data.Dataset):
+    """Two datasets one after the other, with distinct image ids (export_coco uses target['image_id'])."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __len__(self):
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i):
+        if i < len(self.a):
+            return self.a[i]
+        image, target = self.b[i - len(self.a)]
+        return image, {**target, "image_id": i}
+
+
+def test_train_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="--images DIR and --annotations"):
+        main(["train", "--config", "r50-fpn", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="weights file not found"):
+        main(["train", "--config", "r50-fpn", "--out", str(tmp_path), "--images", str(MINI_VAL / "images"),
+              "--annotations", str(MINI_VAL / "annotations.json"), "--weights", str(tmp_path / "coco.pth")])
+
+
+def test_torchvision_weights_with_another_class_count_reinitialise_the_predictors(tmp_path):
+    from mrcnn_lite.__main__ import load_torchvision_weights
+
+    small = dict(min_size=64, max_size=64)
+    coco = ml.maskrcnn_resnet50_fpn(num_classes=91, **small)
+    path = tmp_path / "coco.pth"
+    torch.save(coco.state_dict(), path)
+    mine = ml.maskrcnn_resnet50_fpn(num_classes=4, **small)
+    fresh = load_torchvision_weights(mine, path)
+    assert fresh == ["roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
+                     "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight",
+                     "roi_heads.mask_predictor.mask_fcn_logits.bias", "roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    assert torch.equal(mine.backbone.body.layer1[0].conv1.weight, coco.backbone.body.layer1[0].conv1.weight)
+
+
+def test_bench_hook_is_wired(monkeypatch, capsys):
+    import mrcnn_lite.__main__ as cli
+
+    args = build_parser().parse_args(["bench"])
+    assert args.func is cli.cmd_bench
+    monkeypatch.setitem(sys.modules, "mrcnn_lite.bench", None)  # as if the module did not exist
+    assert cli.cmd_bench(args) == 2
+    assert "bench command is not available" in capsys.readouterr().err
+
+
+DDP_WORKER = textwrap.dedent("""
+    import json, os, sys, torch
+    import torch.distributed as dist
+    import mrcnn_lite as ml
+    from mrcnn_lite.data import ShapesDataset
+    from mrcnn_lite.engine import TrainConfig, Trainer
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = ml.build_model(ml.config.tiny(num_classes=4))
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.01, warmup_iters=1, progress=False)
+    trainer = Trainer(model, ShapesDataset(8, seed=1), cfg, sys.argv[1])
+    trainer.fit()
+    params = {k: v.tolist() for k, v in model.named_parameters()}
+    with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
+        json.dump({"steps": trainer.global_step, "params": params}, f)
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_two_gloo_processes_train_the_real_model_in_step(tmp_path):
+    """torchrun with 2 CPU processes: 2 steps of the tiny Mask R-CNN, identical weights on both ranks."""
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(script), str(tmp_path)], check=True, cwd=ROOT, env=env, timeout=180)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 2
+    assert r0["params"] == r1["params"]
+    assert (tmp_path / "checkpoint.pt").exists()  # written by rank 0 only
