@@ -4,8 +4,9 @@ The checker tests are fast: each checker must pass the notebook's own solution (
 exercise cell) and the package reference, fail a plausible wrong implementation with a message that
 shows input, expected and got, and report NotImplementedError as "not implemented yet".
 
-The notebook tests execute notebooks: every solution notebook and every student notebook of 01-06
-is graded once (two at a time, through the CLI) in a module-scoped fixture; likewise 07-09.
+The notebook tests execute notebooks: every solution notebook and every student notebook of 01-12
+is graded once (two at a time, longest first, through the CLI) in a module-scoped fixture, plus one
+student copy with one exercise solved.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [ROOT / "notebooks" / n for n in (
     "01_boxes_iou_nms.ipynb", "02_resnet_backbone.ipynb", "03_feature_pyramid.ipynb",
     "04_anchors.ipynb", "05_rpn.ipynb", "06_roi_pooling.ipynb",
-    "07_box_head.ipynb", "08_mask_head.ipynb", "09_mask_rcnn.ipynb")]
+    "07_box_head.ipynb", "08_mask_head.ipynb", "09_mask_rcnn.ipynb",
+    "10_training.ipynb", "11_evaluation.ipynb", "12_your_own_data.ipynb")]
 PY = sys.executable
 
 
@@ -48,7 +51,7 @@ def exercise_cells(path: Path):
 @pytest.fixture(scope="module")
 def solutions():
     """name -> the notebook's solution function/class, by executing every exercise cell."""
-    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml}
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np}
     for path in NOTEBOOKS:
         for source in exercise_cells(path):
             exec(compile(source, str(path), "exec"), ns)
@@ -158,6 +161,39 @@ def to_original_paste_before_rescale(boxes, masks, image_size, original_size):
     return resize_boxes(boxes, image_size, original_size), pasted
 
 
+def train_step_no_zero_grad(model, optimizer, images, targets, clip_grad_norm=None):
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    loss.backward()  # forgot optimizer.zero_grad(): the gradients of earlier steps add up
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    return {**{k: v.item() for k, v in losses.items()}, "loss": loss.item()}
+
+
+def lr_at_cosine_after_warmup(it, total, base_lr, warmup_iters, warmup_factor):
+    """Decays over the iterations after the warmup instead of multiplying the warmup into one cosine."""
+    if it < warmup_iters:
+        return base_lr * (warmup_factor + (1 - warmup_factor) * it / warmup_iters)
+    t = min(it, total) - warmup_iters
+    return base_lr * 0.5 * (1 + math.cos(math.pi * t / max(total - warmup_iters, 1)))
+
+
+def coco_ap_no_envelope(recall, precision):
+    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")  # the raw zig-zag precision
+    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
+
+
+def coco_boxes_keep_xywh(anns):
+    kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # still x, y, w, h
+    return boxes, torch.tensor([a["category_id"] for a in kept]), len(anns) - len(kept)
+
+
+def rle_decode_row_major(counts, height, width):
+    return np.repeat(np.arange(len(counts)) % 2, counts).astype(np.uint8).reshape(height, width)
+
+
 # checker, solution name in the notebooks, package reference, a wrong implementation
 CASES = {
     "box_iou": (checks.check_box_iou, "my_box_iou", ml.ops.box_iou, iou_no_clamp),
@@ -180,6 +216,11 @@ CASES = {
                      mask_targets_aligned),
     "to_original": (checks.check_to_original, "to_original", checks.reference_to_original,
                     to_original_paste_before_rescale),
+    "train_step": (checks.check_train_step, "train_step", checks.reference_train_step, train_step_no_zero_grad),
+    "lr_at": (checks.check_lr_at, "lr_at", checks.reference_lr_at, lr_at_cosine_after_warmup),
+    "coco_ap": (checks.check_coco_ap, "average_precision", checks.reference_coco_ap, coco_ap_no_envelope),
+    "coco_boxes": (checks.check_coco_boxes, "coco_boxes", checks.reference_coco_boxes, coco_boxes_keep_xywh),
+    "rle_decode": (checks.check_rle_decode, "rle_decode", checks.reference_rle_decode, rle_decode_row_major),
 }
 
 
@@ -236,6 +277,58 @@ def test_checker_reports_not_implemented(name, capsys):
     result = check(TodoBlock if name == "bottleneck" else todo)
     assert not result.passed and not result.implemented and result.points == 0
     assert result.message.startswith(f"TODO  {name}") and "not implemented yet" in result.message
+
+
+def test_train_step_check_wants_float_losses(capsys):
+    def returns_tensors(model, optimizer, images, targets, clip_grad_norm=None):
+        out = checks.reference_train_step(model, optimizer, images, targets, clip_grad_norm)
+        return {k: torch.tensor(v) for k, v in out.items()}
+    result = checks.check_train_step(returns_tensors)
+    assert not result.passed and "plain floats" in result.message
+
+
+def test_coco_ap_reference_is_pycocotools_on_real_boxes():
+    """coco_ap_by_pycocotools (the checker's reference) == the full COCOeval on boxes that make the same
+    ranked TP/FP list, and == reference_coco_ap (the notebook's fallback)."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn_lite.engine import coco_from_targets
+
+    g = torch.Generator().manual_seed(5)
+    for trial in range(3):
+        n_gt, n_det = 3 + 2 * trial, 8 + 5 * trial
+        gt = [[20.0 * i, 0.0, 10.0, 10.0] for i in range(n_gt)]
+        tps, found, dets = [], 0, []
+        for rank in range(n_det):
+            hit = bool(torch.rand(1, generator=g) < 0.5) and found < n_gt
+            box = gt[found] if hit else [500.0 + 20 * rank, 500.0, 10.0, 10.0]
+            found += hit
+            tps.append(hit)
+            dets.append({"image_id": 1, "category_id": 1, "bbox": box, "score": 1.0 - rank / 100})
+        coco_gt = coco_from_targets(
+            [{"image_id": 1, "boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in gt]),
+              "labels": torch.ones(n_gt, dtype=torch.int64)}], [(600, 1000)], num_classes=2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+        full = float(ev.eval["precision"][0, :, 0, 0, -1].mean())   # IoU 0.5, class 1, area all, 100 dets
+        recall, precision = checks._pr_curve(tps, n_gt)
+        assert checks.coco_ap_by_pycocotools(recall, precision) == pytest.approx(full, abs=1e-12)
+        assert checks.reference_coco_ap(recall.numpy(), precision.numpy()) == pytest.approx(full, abs=1e-12)
+
+
+def test_rle_counts_round_trip():
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((1, 1), (5, 1), (7, 9)):
+        mask = (torch.rand(h, w, generator=g) < 0.5).to(torch.uint8)
+        for m in (mask, torch.zeros_like(mask), torch.ones_like(mask)):
+            counts = checks.rle_counts(m.numpy())
+            assert sum(counts) == h * w
+            assert torch.equal(checks.reference_rle_decode(counts, h, w), m)
 
 
 def test_or_reference_falls_back_only_while_not_implemented(capsys):
@@ -355,7 +448,8 @@ def graded(student_dir, tmp_path_factory):
     jobs.update({("student", p.name): student_dir / p.name for p in NOTEBOOKS})
     jobs[("partial", PARTIAL)] = partial_dir / PARTIAL
     # Longest first, two at a time.
-    longest = ("09_mask_rcnn.ipynb", "08_mask_head.ipynb", "05_rpn.ipynb", "02_resnet_backbone.ipynb")
+    longest = ("10_training.ipynb", "11_evaluation.ipynb", "09_mask_rcnn.ipynb", "08_mask_head.ipynb", "05_rpn.ipynb",
+               "02_resnet_backbone.ipynb")
     order = sorted(jobs, key=lambda k: longest.index(k[1]) if k[1] in longest else len(longest))
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {k: pool.submit(_grade, jobs[k], work / f"{k[0]}_{k[1]}.json") for k in order}

@@ -33,10 +33,13 @@ from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import ops
+from ..data.coco import CocoInstances, _segmentation_to_mask
+from ..engine.trainer import TrainConfig, Trainer, lr_factor
 from ..model.anchors import generate_base_anchors, grid_anchors
 from ..model.backbone import Bottleneck
 from ..model.box_head import fastrcnn_loss
@@ -54,6 +57,9 @@ __all__ = [
     "reference_bilinear", "reference_roi_align_one_box",
     "check_fastrcnn_loss", "check_decode_class_boxes", "check_mask_targets", "check_to_original",
     "reference_fastrcnn_loss", "reference_decode_class_boxes", "reference_mask_targets", "reference_to_original",
+    "check_train_step", "check_lr_at", "check_coco_ap", "check_coco_boxes", "check_rle_decode",
+    "reference_train_step", "reference_lr_at", "reference_coco_ap", "coco_ap_by_pycocotools",
+    "reference_coco_boxes", "reference_rle_decode", "rle_counts",
 ]
 
 SEEDS = (0, 1, 2, 3, 4)  # random cases per checker; fixed so that a failure can be reproduced
@@ -823,3 +829,398 @@ def check_to_original(fn: Callable, points: float = 2, name: str = "to_original"
     masks (m, 1, H, W))``, against ``GeneralizedRCNNTransform.postprocess``."""
     return run_check(name, fn, reference_to_original, _to_original_cases(), points, atol=1e-4, rtol=1e-5,
                      what="mrcnn_lite.model.transform.GeneralizedRCNNTransform.postprocess")
+
+
+# ==============================================================================================
+# Notebook 10: training (one training step, the learning-rate schedule)
+# ==============================================================================================
+class _Fresh:
+    """An input built afresh for every call (the function under test changes it in place: a model's
+    weights, an optimizer's state). Shown as ``text`` in a failure message."""
+
+    def __init__(self, text: str, build: Callable):
+        self.text, self.build = text, build
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _ToyDetector(torch.nn.Module):
+    """A stand-in for Mask R-CNN with its training contract, ``model(images, targets) -> {name: scalar loss}``,
+    small enough (float64, a few hundred weights) that several training steps take milliseconds.
+
+    ``constant`` names loss terms that are a constant 0 without a gradient, like the box and mask losses
+    of an image without objects; ``frozen_stem`` freezes the first conv (``requires_grad=False``), like a
+    frozen backbone stage.
+    """
+
+    def __init__(self, names: Sequence[str], constant: Sequence[str] = (), frozen_stem: bool = False):
+        super().__init__()
+        self.names, self.constant = tuple(names), tuple(constant)
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.body = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, len(self.names))
+        if frozen_stem:
+            self.stem.requires_grad_(False)
+
+    def forward(self, images: List[Tensor], targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        feats = torch.stack([self.body(torch.relu(self.stem(im[None]))).mean(dim=(0, 2, 3)) for im in images])
+        out = self.head(torch.tanh(feats))                                  # (B, K)
+        goal = torch.stack([t["goal"] for t in targets])                    # (B, K)
+        return {name: (out.new_zeros(()) if name in self.constant else
+                       torch.nn.functional.smooth_l1_loss(out[:, k], goal[:, k]) * (k + 1))
+                for k, name in enumerate(self.names)}
+
+
+def reference_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: List[Tensor],
+                         targets: List[Dict[str, Tensor]], clip_grad_norm: Optional[float] = None) -> Dict[str, float]:
+    """One training step exactly as ``Trainer.train_step`` does it (no AMP, one process, no scheduler):
+    forward, sum the loss terms, ``zero_grad``, backward, clip the gradient norm if asked, step.
+    Returns the loss terms and their sum ``"loss"`` as plain floats."""
+    device = next(model.parameters()).device
+    trainer = SimpleNamespace(
+        device=device, amp_dtype=None, ddp_model=model, model=model, world=1, epoch=0, global_step=0,
+        checkpoint_path="(no checkpoint)", optimizer=optimizer, cfg=SimpleNamespace(clip_grad_norm=clip_grad_norm),
+        scaler=torch.amp.GradScaler("cuda", enabled=False), scheduler=SimpleNamespace(step=lambda: None))
+    return Trainer.train_step(trainer, images, targets)
+
+
+def _train_step_inputs(label: str, seed: int, names: Sequence[str], batch: int, size: Tuple[int, int],
+                       clip: Optional[float], optimizer: str = "sgd", constant: Sequence[str] = (),
+                       frozen_stem: bool = False, steps: int = 3):
+    g = _gen(200 + seed)
+    f64 = dict(dtype=torch.float64)
+
+    def build_model():
+        model = _ToyDetector(names, constant, frozen_stem).double()
+        with torch.no_grad():
+            wg = _gen(300 + seed)
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=wg, **f64) * 0.5)
+        return model
+
+    if optimizer == "sgd":
+        opt = _Fresh("SGD(lr=0.1, momentum=0.9, weight_decay=1e-4) over the parameters with requires_grad",
+                     lambda m: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1,
+                                               momentum=0.9, weight_decay=1e-4))
+    else:
+        opt = _Fresh("AdamW(lr=0.05, weight_decay=1e-2) over the parameters with requires_grad",
+                     lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.05,
+                                                 weight_decay=1e-2))
+    frozen = ", stem frozen" if frozen_stem else ""
+    const = f", {list(constant)} constant 0" if constant else ""
+    return label, dict(
+        model=_Fresh(f"a toy detector (float64) with the losses {list(names)}{const}{frozen}, weights from seed {seed}",
+                     build_model),
+        optimizer=opt,
+        images=[torch.rand(3, *size, generator=g, **f64) for _ in range(batch)],
+        targets=[{"goal": torch.randn(len(names), generator=g, **f64) * 3} for _ in range(batch)],
+        clip_grad_norm=clip, steps=steps)
+
+
+def _loss_floats(out, names: Sequence[str]) -> List[float]:
+    """The values of ``out`` in the order ``names + ["loss"]``; a clear error when ``out`` is not such a dict."""
+    want = list(names) + ["loss"]
+    if not isinstance(out, dict):
+        raise TypeError(f"the step must return a dict {{name: float}} with the keys {want}, got {type(out).__name__}")
+    if sorted(out) != sorted(want):
+        raise ValueError(f"the step must return the keys {want} (every loss term and their sum 'loss'), "
+                         f"got {sorted(out)}")
+    for k in want:
+        if isinstance(out[k], Tensor):
+            raise TypeError(f"out['{k}'] is a tensor: return plain floats (`.item()`); a history of loss tensors "
+                            f"keeps every step's autograd graph alive")
+    return [float(out[k]) for k in want]
+
+
+def _call_train_step(fn: Callable, inputs: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+    """Call ``fn`` ``steps`` times on a fresh model and optimizer; return (the returned losses of every
+    step ``(steps, K + 1)``, all weights after the last step)."""
+    model = inputs["model"].build()
+    optimizer = inputs["optimizer"].build(model)
+    rows = []
+    for _ in range(inputs["steps"]):
+        out = fn(model, optimizer, inputs["images"], inputs["targets"], inputs["clip_grad_norm"])
+        rows.append(_loss_floats(out, model.names))
+    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.tensor(rows, dtype=torch.float64), weights
+
+
+def _train_step_cases():
+    yield _train_step_inputs("one image, one loss term, no clipping", 50, ["loss_classifier"], 1, (6, 5), None)
+    yield _train_step_inputs("a term without gradient (an image without objects: its box loss is a constant 0)", 51,
+                             ["loss_classifier", "loss_box_reg"], 2, (5, 7), None, constant=["loss_box_reg"])
+    yield _train_step_inputs("clip_grad_norm=0.05: the gradient is scaled down", 52,
+                             ["loss_objectness", "loss_rpn_box_reg"], 2, (6, 6), 0.05)
+    yield _train_step_inputs("a frozen stem (requires_grad=False) and clipping", 53,
+                             ["loss_classifier", "loss_box_reg", "loss_mask"], 1, (5, 5), 0.2, frozen_stem=True)
+    for seed in SEEDS:
+        g = _gen(seed)
+        k = int(torch.randint(2, 6, (1,), generator=g))
+        names = ["loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"][:k]
+        batch = int(torch.randint(1, 4, (1,), generator=g))
+        size = (int(torch.randint(3, 10, (1,), generator=g)), int(torch.randint(3, 10, (1,), generator=g)))
+        clip = (None, 0.1, 1.0, None, 0.05)[seed]
+        opt = ("sgd", "sgd", "adamw", "sgd", "adamw")[seed]
+        yield _train_step_inputs(f"random, seed {seed}: {k} loss terms, {batch} images, clip {clip}, {opt}",
+                                 seed, names, batch, size, clip, opt)
+
+
+def check_train_step(fn: Callable, points: float = 3, name: str = "train_step") -> CheckResult:
+    """``fn(model, optimizer, images, targets, clip_grad_norm=None) -> {term: float, ..., "loss": float}``:
+    one training step, called 3 times in a row on a toy model; the returned losses of every call and the
+    weights after the last one must equal ``Trainer.train_step``'s. (The Trainer reports its losses in float32,
+    hence ``rtol=1e-6``; a wrong step changes the numbers far more.)"""
+    return run_check(name, fn, reference_train_step, _train_step_cases(), points, atol=1e-9, rtol=1e-6,
+                     call=_call_train_step,
+                     what="mrcnn_lite.engine.Trainer.train_step (losses of 3 steps in a row, then the weights)")
+
+
+def reference_lr_at(it: int, total: int, base_lr: float, warmup_iters: int, warmup_factor: float) -> float:
+    """The learning rate at iteration ``it`` of ``total``: ``base_lr * lr_factor(it, total, cfg)`` of the
+    package's Trainer, with a linear warmup from ``base_lr * warmup_factor`` and cosine decay."""
+    cfg = TrainConfig(lr=base_lr, warmup_iters=warmup_iters, warmup_factor=warmup_factor, schedule="cosine")
+    return base_lr * lr_factor(it, total, cfg)
+
+
+def _call_lr_at(fn: Callable, inputs: Dict[str, Any]) -> Tensor:
+    args = (inputs["total"], inputs["base_lr"], inputs["warmup_iters"], inputs["warmup_factor"])
+    return torch.tensor([float(fn(it, *args)) for it in inputs["its"]], dtype=torch.float64)
+
+
+def _lr_at_cases():
+    yield "the start, the end of the warmup, half way, the end", dict(
+        its=[0, 1, 50, 99, 100, 101, 500, 999, 1000], total=1000, base_lr=0.02, warmup_iters=100, warmup_factor=1e-3)
+    yield "no warmup (warmup_iters=0)", dict(its=[0, 1, 5, 10], total=10, base_lr=0.1, warmup_iters=0,
+                                             warmup_factor=1e-3)
+    yield "past the end (it > total): the rate stays at 0", dict(its=[20, 21, 40], total=20, base_lr=0.01,
+                                                                   warmup_iters=5, warmup_factor=0.1)
+    yield "warmup_factor=1: no warmup ramp", dict(its=[0, 3, 7], total=8, base_lr=0.5, warmup_iters=4,
+                                                  warmup_factor=1.0)
+    for seed in SEEDS:
+        g = _gen(seed)
+        total = int(torch.randint(10, 5000, (1,), generator=g))
+        warmup = int(torch.randint(0, total // 2 + 1, (1,), generator=g))
+        its = sorted(set(torch.randint(0, total + 1, (6,), generator=g).tolist()) | {0, warmup})
+        base_lr = float(torch.rand(1, generator=g, dtype=torch.float64)) * 0.1 + 1e-3
+        factor = (1e-3, 0.1, 1 / 3, 0.01, 0.5)[seed]
+        yield f"random, seed {seed}", dict(its=its, total=total, base_lr=base_lr, warmup_iters=warmup,
+                                           warmup_factor=factor)
+
+
+def check_lr_at(fn: Callable, points: float = 2, name: str = "lr_at") -> CheckResult:
+    """``fn(it, total, base_lr, warmup_iters, warmup_factor) -> lr``: linear warmup, then cosine decay,
+    against the package's ``lr_factor`` (the schedule the Trainer uses)."""
+    return run_check(name, fn, reference_lr_at, _lr_at_cases(), points, atol=1e-12, rtol=1e-9, call=_call_lr_at,
+                     what="base_lr * mrcnn_lite.engine.lr_factor (schedule='cosine')")
+
+
+# ==============================================================================================
+# Notebook 11: COCO's AP of one precision-recall curve
+# ==============================================================================================
+COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+"""The 101 recall points ``0, 0.01, ..., 1`` exactly as pycocotools' ``Params.recThrs`` makes them."""
+
+
+def reference_coco_ap(recall, precision) -> float:
+    """COCO's AP of one precision-recall curve, the way ``COCOeval.accumulate`` computes it.
+
+    ``recall (D,)``, ``precision (D,)``: after each of the ``D`` detections, ranked by score (recall
+    non-decreasing). The precision is made monotone (at each rank, the best precision at this rank
+    or any later one), read at the 101 recall points (the first rank whose recall reaches the point;
+    0 where the recall never does) and averaged.
+    """
+    rc = np.asarray(recall, dtype=np.float64)
+    pr = np.maximum.accumulate(np.asarray(precision, dtype=np.float64)[::-1])[::-1]
+    idx = np.searchsorted(rc, COCO_RECALL_POINTS, side="left")
+    q = np.zeros(len(COCO_RECALL_POINTS))
+    found = idx < len(pr)
+    q[found] = pr[idx[found]]
+    return float(q.mean())
+
+
+def _pr_curve(tps: Sequence[bool], n_gt: int) -> Tuple[Tensor, Tensor]:
+    """Recall and precision after each detection of a ranked TP/FP list, with pycocotools' formulas."""
+    tp = np.cumsum(np.asarray(tps, dtype=bool)).astype(float)
+    fp = np.cumsum(~np.asarray(tps, dtype=bool)).astype(float)
+    return torch.from_numpy(tp / n_gt), torch.from_numpy(tp / (fp + tp + np.spacing(1)))
+
+
+def coco_ap_by_pycocotools(recall, precision) -> float:
+    """The AP that pycocotools itself gives for a precision-recall curve of a ranked detection list.
+
+    The curve is turned back into what it came from -- which ranked detections were true positives,
+    and the number of ground-truth objects -- and ``COCOeval.accumulate`` runs on that (one class, one
+    IoU threshold, one area range; at most 100 detections per image, as COCO counts them).
+    """
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.cocoeval import COCOeval, Params
+
+    rc, pr = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
+    ranks = np.arange(1, len(pr) + 1)
+    tp = np.rint(pr * ranks).astype(np.int64)
+    if np.any(np.diff(np.concatenate([[0], tp])) < 0) or np.any(np.diff(np.concatenate([[0], tp])) > 1):
+        raise ValueError("not the precision of a ranked list of detections")
+    tps = np.diff(np.concatenate([[0], tp])).astype(bool)
+    n_gt = int(np.rint(tp[-1] / rc[-1])) if len(tp) and tp[-1] > 0 else 1
+
+    params = Params("bbox")
+    params.iouThrs = np.array([0.5])
+    params.catIds, params.areaRng, params.areaRngLbl, params.maxDets = [1], [[0, 1e10]], ["all"], [100]
+    chunks = [np.arange(i, min(i + 100, len(tps))) for i in range(0, len(tps), 100)] or [np.arange(0)]
+    params.imgIds = list(range(len(chunks)))
+    scores = 1.0 - np.arange(len(tps)) / (len(tps) + 1.0)            # strictly decreasing: the ranking
+    ev = COCOeval(iouType="bbox")
+    ev.params, ev._paramsEval = params, copy.deepcopy(params)
+    ev.evalImgs = [{"dtScores": scores[c].tolist(),
+                    "dtMatches": tps[c][None].astype(np.float64),     # a matched GT id (non-zero) for a TP
+                    "dtIgnore": np.zeros((1, len(c)), dtype=bool),
+                    "gtIgnore": np.zeros(n_gt if i == 0 else 0)} for i, c in enumerate(chunks)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate()
+    return float(ev.eval["precision"][0, :, 0, 0, 0].mean())
+
+
+def _coco_ap_cases():
+    def case(label, tps, n_gt):
+        recall, precision = _pr_curve(tps, n_gt)
+        return label, dict(recall=recall, precision=precision)
+
+    yield case("no detections (empty curve)", [], 3)
+    yield case("only false positives", [0, 0, 0], 2)
+    yield case("a perfect ranking: every object found before any mistake", [1, 1, 1, 1, 0, 0], 4)
+    yield case("precision rises again after mistakes (the monotone envelope)", [1, 0, 0, 1, 1, 0, 1], 5)
+    yield case("recall never reaches 1: those recall points count 0", [1, 0, 1, 1, 0], 10)
+    yield case("recall exactly on recall points (0.25, 0.5, ...): the first rank that reaches it",
+               [1, 0, 1, 0, 1, 1], 4)
+    yield case("150 detections, 60 objects", ([1, 0, 1] * 50), 60)
+    for seed in SEEDS:
+        g = _gen(seed)
+        n_gt = int(torch.randint(1, 40, (1,), generator=g))
+        n_det = int(torch.randint(1, 120, (1,), generator=g))
+        p_tp = float(torch.rand(1, generator=g))
+        hits = (torch.rand(n_det, generator=g) < p_tp).tolist()
+        tps, found = [], 0
+        for hit in hits:                 # a true positive needs an object not found yet
+            hit = hit and found < n_gt
+            found += hit
+            tps.append(hit)
+        yield case(f"random, seed {seed}: {n_det} detections, {n_gt} objects, {found} found", tps, n_gt)
+
+
+def _call_coco_ap(fn: Callable, inputs: Dict[str, Any]):
+    return fn(inputs["recall"].numpy(), inputs["precision"].numpy())
+
+
+def check_coco_ap(fn: Callable, points: float = 3, name: str = "coco_ap") -> CheckResult:
+    """``fn(recall (D,), precision (D,)) -> AP`` (NumPy arrays in, a float out): COCO's 101-point
+    interpolated AP, against pycocotools' ``COCOeval.accumulate`` on the same ranked detections."""
+    return run_check(name, fn, coco_ap_by_pycocotools, _coco_ap_cases(), points, atol=1e-12, rtol=1e-9,
+                     call=_call_coco_ap, what="pycocotools' COCOeval.accumulate on the same ranked detections")
+
+
+# ==============================================================================================
+# Notebook 12: your own data (COCO boxes, uncompressed RLE)
+# ==============================================================================================
+def reference_coco_boxes(anns: List[Dict[str, Any]]) -> Tuple[Tensor, Tensor, int]:
+    """What ``CocoInstances(..., drop_degenerate=True)`` makes of one image's annotations: ``boxes (n, 4)``
+    x1y1x2y2 float32 from the COCO ``bbox [x, y, w, h]``, ``labels (n,)`` int64 = ``category_id``, and the
+    number of annotations dropped for a width or height <= 0. The annotations go through the real loader
+    (a temporary JSON file; a blank image stands in for the pixels, empty masks for the segmentations)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    h, w = 48, 64
+    blank = {"size": [h, w], "counts": [h * w]}                      # an empty mask: only the boxes matter here
+    data = {"images": [{"id": 1, "file_name": "blank.png", "width": w, "height": h}],
+            "annotations": [{**a, "image_id": 1, "segmentation": blank} for a in anns],
+            "categories": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "annotations.json"
+        path.write_text(json.dumps(data))
+        ds = CocoInstances(tmp, path, drop_degenerate=True)
+    ds.load_image = lambda index: np.zeros((h, w, 3), dtype=np.uint8)
+    target = ds[0][1]
+    return target["boxes"], target["labels"], ds.num_dropped
+
+
+def _coco_boxes_cases():
+    def ann(i, cat, bbox):
+        return {"id": i, "image_id": 1, "category_id": cat, "bbox": [float(v) for v in bbox]}
+
+    yield "no annotations (an image without objects)", dict(anns=[])
+    yield "one annotation", dict(anns=[ann(7, 2, [10, 20, 30, 15])])
+    yield "width 0: dropped and counted", dict(anns=[ann(1, 1, [5, 5, 0, 10]), ann(2, 3, [1.5, 2.5, 4, 6])])
+    yield "height 0 and a negative width", dict(anns=[ann(3, 1, [5, 5, 10, 0]), ann(4, 2, [0, 0, 8, 8]),
+                                                      ann(5, 2, [30, 5, -4, 10])])
+    yield "every box degenerate", dict(anns=[ann(1, 1, [0, 0, 0, 0]), ann(2, 1, [3, 3, 0, 5])])
+    yield "category ids with gaps (COCO's 1..90): labels are the ids unchanged", dict(
+        anns=[ann(11, 90, [1, 2, 3, 4]), ann(12, 44, [20, 10, 5.5, 7.25])])
+    for seed in SEEDS:
+        g = _gen(seed)
+        n = int(torch.randint(1, 10, (1,), generator=g))
+        xy = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 50).round(decimals=2)
+        wh = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 30).round(decimals=2)
+        bad = torch.rand(n, generator=g) < 0.3
+        wh[bad, int(torch.randint(0, 2, (1,), generator=g))] = 0.0
+        cats = torch.randint(1, 91, (n,), generator=g)
+        yield f"random, seed {seed}: {n} annotations, {int(bad.sum())} degenerate", dict(
+            anns=[ann(100 + i, int(cats[i]), [*xy[i].tolist(), *wh[i].tolist()]) for i in range(n)])
+
+
+def check_coco_boxes(fn: Callable, points: float = 2, name: str = "coco_boxes") -> CheckResult:
+    """``fn(anns: list of COCO annotation dicts) -> (boxes (n, 4) x1y1x2y2, labels (n,), num_dropped)``,
+    against ``CocoInstances(..., drop_degenerate=True)``."""
+    return run_check(name, fn, reference_coco_boxes, _coco_boxes_cases(), points, atol=1e-4, rtol=1e-6,
+                     what="mrcnn_lite.data.CocoInstances(..., drop_degenerate=True)")
+
+
+def reference_rle_decode(counts: Sequence[int], height: int, width: int) -> Tensor:
+    """An uncompressed COCO RLE -> ``(height, width)`` uint8 mask, decoded by the package's loader (pycocotools)."""
+    seg = {"size": [height, width], "counts": [int(c) for c in counts]}
+    return torch.from_numpy(_segmentation_to_mask(seg, height, width, ann_id="(exercise)"))
+
+
+def rle_counts(mask) -> List[int]:
+    """``(H, W)`` binary mask -> uncompressed COCO RLE counts: run lengths of 0s, 1s, 0s, ... in
+    column-major order (down the first column, then the next), starting with a (maybe empty) run of 0s."""
+    flat = np.asarray(mask, dtype=np.uint8).reshape(-1, order="F")
+    counts, value, run = [], 0, 0
+    for v in flat.tolist():
+        if v != value:
+            counts.append(run)
+            value, run = v, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
+def _rle_decode_cases():
+    yield "all background: one run of 0s", dict(counts=[12], height=3, width=4)
+    yield "all foreground: an empty first run of 0s", dict(counts=[0, 12], height=3, width=4)
+    bar = np.zeros((3, 4), dtype=np.uint8)
+    bar[1] = 1
+    yield "a horizontal bar (column-major order matters)", dict(counts=rle_counts(bar), height=3, width=4)
+    yield "one pixel in the last corner", dict(counts=[19, 1], height=4, width=5)
+    yield "a one-column image", dict(counts=[1, 2, 1, 1], height=5, width=1)
+    for seed in SEEDS:
+        g = _gen(seed)
+        h, w = int(torch.randint(6, 30, (1,), generator=g)), int(torch.randint(6, 30, (1,), generator=g))
+        mask = _random_masks(int(torch.randint(1, 4, (1,), generator=g)), h, w, g).amax(dim=0)
+        yield f"random, seed {seed}: {h}x{w}", dict(counts=rle_counts(mask.numpy()), height=h, width=w)
+
+
+def _call_rle_decode(fn: Callable, inputs: Dict[str, Any]):
+    out = fn(list(inputs["counts"]), inputs["height"], inputs["width"])
+    return torch.from_numpy(np.ascontiguousarray(out)) if isinstance(out, np.ndarray) else out
+
+
+def check_rle_decode(fn: Callable, points: float = 2, name: str = "rle_decode") -> CheckResult:
+    """``fn(counts, height, width) -> (height, width)`` 0/1 mask from an uncompressed COCO RLE, against the
+    package's loader (pycocotools)."""
+    return run_check(name, fn, reference_rle_decode, _rle_decode_cases(), points, exact=True, call=_call_rle_decode,
+                     what="the package's COCO loader (pycocotools' decoder)")
