@@ -1,6 +1,7 @@
 """Side-by-side benchmark: mrcnn_lite's Mask R-CNN against torchvision's, in one process.
 
     python -m mrcnn_lite bench [--device cpu|cuda] [--reps 5] [--json FILE] [--quick]
+                               [--compile [MODE]] [--fold-bn]
     python -m mrcnn_lite.bench ...                          (the same, standalone)
 
 Both models are ResNet-50-FPN Mask R-CNNs with the *same weights*: torchvision's is built as for the
@@ -20,10 +21,21 @@ What is measured:
 ``speedup = torchvision time / mrcnn_lite time`` (> 1: ours is faster). Before timing, the bench
 checks that both models give the same losses and the same detections: speed must never buy a
 different answer.
+
+Opt-in speed-ups of mrcnn_lite (off by default, so that the default table compares the plain models):
+
+* ``--compile [MODE]``  ``mrcnn_lite.model.mask_rcnn.compile_backbone``: ``torch.compile`` of the backbone and
+                        the RPN head (MODE: ``default``, ``reduce-overhead`` = CUDA graphs, ``max-autotune``).
+                        Compilation happens during the agreement check and the (at least one) warm-up
+                        round, before any timing.
+* ``--fold-bn``         ``mrcnn_lite.model.backbone.fold_frozen_bn`` for the inference measurement: frozen BN
+                        folded into the convolutions (the agreement check covers the folded model).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import platform
 import statistics
@@ -32,6 +44,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
@@ -82,6 +95,83 @@ def _entry(ours: float, theirs: float, peak: Dict[str, Optional[float]], **extra
     row["peak_mem_mib"] = {k: (round(v, 1) if v is not None else "n/a") for k, v in peak.items()}
     row.update(extra)
     return row
+
+
+# ----------------------------------------------------------------------------------------------------
+# host-device syncs, counted on any device
+# ----------------------------------------------------------------------------------------------------
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """Counts the calls that make Python read a tensor's *data*, by kind: ``with HostSyncCounter() as c: ...``.
+
+    On a GPU each such read waits until every queued kernel has finished (a *host-device sync*), which
+    leaves the GPU idle while Python catches up. The reads are
+
+    * values: ``.item()``, ``.tolist()``, ``bool(t)`` (``if t.any():``), ``int(t)``, ``float(t)``, ``.cpu()``,
+      ``.numpy()``, ``torch.equal``;
+    * data-dependent sizes: ``torch.where(mask)``, ``nonzero``, ``unique``, ``masked_select``, ``x[bool_mask]``
+      and ``x[bool_mask] = tensor`` (``x[bool_mask] = 0`` is a ``masked_fill``: no read);
+    * NMS (torchvision's CUDA kernel copies its suppression mask to the host);
+    * ``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``: a host-to-device copy, which
+      also waits for the GPU unless the source is pinned memory.
+
+    The calls are the same on a CPU, where nothing waits, so counting them on a CPU predicts the syncs of a
+    GPU run -- a lower bound: reads inside C++ code are not seen, and neither are ``.to(device)`` copies;
+    and code that picks its path by device (mask pasting loops on a CPU) differs.
+    ``torch.nonzero_static(mask, size=n)`` (the size is given) is not a read. ``counts`` maps kind -> count.
+    """
+
+    VALUE_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "equal",
+                   "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.counts: "collections.Counter[str]" = collections.Counter()
+        self._paused = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Reads inside this block are not counted (e.g. to leave out a known NMS)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self._paused:
+            kind = self._kind(func, args, kwargs)
+            if kind is not None:
+                self.counts[kind] += 1
+        return func(*args, **kwargs)
+
+    def _kind(self, func, args, kwargs) -> Optional[str]:
+        name = getattr(func, "__name__", "") or ""
+        if name in self.VALUE_READS:
+            return name
+        if name == "where" and len(args) + len(kwargs) == 1:
+            return "where(mask)"
+        if name == "__getitem__" and _has_bool_index(args[1]):
+            return "x[bool_mask]"
+        if name == "__setitem__" and _has_bool_index(args[1]) and isinstance(args[2], torch.Tensor) \
+                and args[2].numel() > 1:
+            return "x[bool_mask] = tensor"
+        if "nms" in (getattr(func, "_qualified_op_name", "") or ""):
+            return "nms"
+        if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
+            return f"torch.{name}(..., device=)"
+        return None
+
+
+def _has_bool_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,8 +261,10 @@ def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
-def check_agreement(tv, ours, train_images, train_targets, eval_images) -> dict:
+def check_agreement(tv, ours, train_images, train_targets, eval_images, ours_eval=None) -> dict:
     """Losses (same seed for the samplers) and detections of both models; max |difference| of each.
+
+    ``ours_eval``: the model whose detections are compared (default ``ours``; e.g. its BN-folded copy).
 
     Float32 on a CPU or GPU: differences of ~1e-4 come from a different order of floating-point
     sums (the float64 equality tests in ``tests/`` are exact to 1e-6).
@@ -184,10 +276,11 @@ def check_agreement(tv, ours, train_images, train_targets, eval_images) -> dict:
     our_losses = ours(train_images, train_targets)
     loss_diff = max(abs(float(tv_losses[k].detach()) - float(our_losses[k].detach())) for k in tv_losses)
 
-    tv.eval(), ours.eval()
+    ours_eval = ours if ours_eval is None else ours_eval
+    tv.eval(), ours.eval(), ours_eval.eval()
     with torch.no_grad():
         tv_out = tv(eval_images)
-        our_out = ours(eval_images)
+        our_out = ours_eval(eval_images)
     same_count = all(len(a["boxes"]) == len(b["boxes"]) for a, b in zip(tv_out, our_out))
     det_diff = {"boxes": 0.0, "scores": 0.0, "masks": 0.0}
     labels_equal = True
@@ -305,9 +398,17 @@ def _model_kwargs(cfg: dict) -> dict:
     return {k: cfg[k] for k in keys if k in cfg}
 
 
-def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print) -> dict:
-    """Everything: agreement check, train step (fp32, AMP), inference, roi_align. Returns the JSON dict."""
+def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compile_mode: Optional[str] = None,
+                  fold_bn: bool = False) -> dict:
+    """Everything: agreement check, train step (fp32, AMP), inference, roi_align. Returns the JSON dict.
+
+    ``compile_mode``: ``None`` (no compilation) or a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``,
+    ``"max-autotune"``) for ``compile_backbone``; ``fold_bn``: time inference with frozen BN folded into the convs.
+    """
     import torchvision
+
+    from mrcnn_lite.model.backbone import fold_frozen_bn
+    from mrcnn_lite.model.mask_rcnn import compile_backbone
 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -318,8 +419,18 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print) -> dic
     train_images, train_targets = make_batch(b, h, w, device, seed=1, objects=cfg["objects"])
     eval_images, _ = make_batch(1, *cfg["infer_hw"], device, seed=2)
 
+    ours_eval = fold_frozen_bn(ours) if fold_bn else ours  # inference only: training keeps the BN layers
+    if compile_mode is not None:
+        mode = None if compile_mode == "default" else compile_mode
+        compile_backbone(ours, mode=mode)
+        if ours_eval is not ours:
+            compile_backbone(ours_eval, mode=mode)
+        log(f"bench: torch.compile (mode={compile_mode}) of mrcnn_lite's backbone and RPN head; "
+            "the agreement check below compiles ...")
+        warmup = max(warmup, 1)  # the first backward pass compiles the backward graph: never time it
+
     log(f"bench: checking that both models agree ({device}) ...")
-    agreement = check_agreement(tv, ours, train_images, train_targets, eval_images)
+    agreement = check_agreement(tv, ours, train_images, train_targets, eval_images, ours_eval)
 
     # ---- train step ----
     def make_step(model, amp: bool):
@@ -357,7 +468,7 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print) -> dic
         train_amp = {"skipped": "AMP (float16 autocast) is measured on CUDA only"}
 
     # ---- inference ----
-    tv.eval(), ours.eval()
+    tv.eval(), ours.eval(), ours_eval.eval()
 
     def make_infer(model):
         def infer():
@@ -366,7 +477,7 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print) -> dic
         return infer
 
     log(f"bench: inference, batch 1 x {cfg['infer_hw'][0]}x{cfg['infer_hw'][1]}, masks pasted ...")
-    med, peak = interleaved_medians({"mrcnn_lite": make_infer(ours), "torchvision": make_infer(tv)},
+    med, peak = interleaved_medians({"mrcnn_lite": make_infer(ours_eval), "torchvision": make_infer(tv)},
                                     device, reps, warmup)
     inference = _entry(med["mrcnn_lite"], med["torchvision"], peak, detections=agreement["detections"][0])
 
@@ -398,6 +509,7 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print) -> dic
             "quick": quick, "roi_align": f"{cfg['roi_rois']} RoIs, C={cfg['roi_channels']}, 7x7, "
                                          f"sampling_ratio 2, 4 levels, image {cfg['roi_image'][0]}x{cfg['roi_image'][1]}",
             "use_torchvision_ops": bool(ours.cfg.use_torchvision_ops),
+            "mrcnn_lite_options": {"compile": compile_mode, "fold_bn": bool(fold_bn)},
         },
         "agreement": agreement,
         "train_step": train,
@@ -423,8 +535,12 @@ def format_table(result: dict) -> str:
         f"device={result['device']} torch={result['torch']} torchvision={result['torchvision']} "
         f"threads={result['threads']} load={result['load_average']} reps={c['reps']} (medians, interleaved)",
         f"train: {c['train']}   inference: {c['inference']}   roi_align: {c['roi_align']}",
-        f"{'measurement':<18}{'mrcnn_lite':>12}{'torchvision':>13}{'speedup':>9}{'peak MiB (ours/tv)':>22}",
     ]
+    opts = c.get("mrcnn_lite_options", {})
+    if opts.get("compile") or opts.get("fold_bn"):
+        lines.append(f"mrcnn_lite options: compile={opts.get('compile')} (backbone + RPN head), "
+                     f"fold_bn={opts.get('fold_bn')} (inference)")
+    lines.append(f"{'measurement':<18}{'mrcnn_lite':>12}{'torchvision':>13}{'speedup':>9}{'peak MiB (ours/tv)':>22}")
     for key in ("train_step", "train_step_amp", "inference", "roi_align"):
         row = result[key]
         if "skipped" in row:
@@ -458,6 +574,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests (numbers mean little)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"], metavar="MODE",
+                        help="torch.compile mrcnn_lite's backbone + RPN head (MODE: default, reduce-overhead = "
+                             "CUDA graphs, max-autotune); off by default")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="time mrcnn_lite's inference with frozen BN folded into the convs; off by default")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -465,7 +587,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_benchmark(args.device, reps=args.reps, warmup=args.warmup, quick=args.quick, log=log)
+    result = run_benchmark(args.device, reps=args.reps, warmup=args.warmup, quick=args.quick, log=log,
+                           compile_mode=getattr(args, "compile", None), fold_bn=getattr(args, "fold_bn", False))
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as fh:

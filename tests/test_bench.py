@@ -29,6 +29,7 @@ def test_bench_quick_writes_json(tmp_path):
                 "inference", "roi_align", "agreement"):
         assert key in result, key
     assert result["device"] == "cpu" and result["config"]["quick"]
+    assert result["config"]["mrcnn_lite_options"] == {"compile": None, "fold_bn": False}
     for key in ("train_step", "inference", "roi_align"):
         row = result[key]
         assert row["mrcnn_lite_s"] > 0 and row["torchvision_s"] > 0
@@ -48,6 +49,10 @@ def test_add_arguments_and_cli_help():
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--json", "x.json", "--reps", "3", "--quick"])
     assert (args.device, args.json, args.reps, args.quick) == ("cpu", "x.json", 3, True)
+    assert args.compile is None and not args.fold_bn  # the opt-in speed-ups are off by default
+    args = parser.parse_args(["--compile", "--fold-bn"])
+    assert args.compile == "default" and args.fold_bn
+    assert parser.parse_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"
 
 
 def _boxes(n, h, w, g, dtype=torch.float32):

@@ -90,6 +90,22 @@ def test_load_state_dict_same_detections(r50):
     _assert_same_detections(out, expected)
 
 
+def test_folded_frozen_bn_same_detections(r50):
+    """Frozen BN folded into the convs for inference: still torchvision's detections (float64, TOL)."""
+    import copy
+
+    from mrcnn_lite.model.backbone import fold_frozen_bn
+    from test_backbone import randomise_norm_stats
+
+    tv, images, _ = r50
+    tv = copy.deepcopy(tv)
+    randomise_norm_stats(tv.backbone.body, seed=3)  # statistics that make folding do something
+    with torch.no_grad():
+        expected = tv(images)
+        out = fold_frozen_bn(ml.from_torchvision(tv))(images)
+    _assert_same_detections(out, expected)
+
+
 def test_training_losses_equal_torchvision(r50, converted):
     tv, images, _ = r50
     model = converted

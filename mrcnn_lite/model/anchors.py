@@ -22,6 +22,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops.boxes import box_dtype
+
 __all__ = ["AnchorGenerator", "generate_base_anchors", "grid_anchors"]
 
 
@@ -76,8 +78,10 @@ class AnchorGenerator(nn.Module):
         images: the padded batch ``(B, C, H, W)`` (or an object with ``.tensors``, like torchvision's
             ``ImageList``). Only its shape is used: B and the padded size ``(H, W)``.
         feature_maps: list of ``(B, C_l, H_l, W_l)``, one per level (same number as ``sizes``).
-        Returns a list of B tensors ``(sum_l H_l * W_l * A_l, 4)`` xyxy in padded-image pixels, in the
-        dtype and on the device of the feature maps; all images of a batch share the same anchors.
+        Returns a list of B tensors ``(sum_l H_l * W_l * A_l, 4)`` xyxy in padded-image pixels, on the
+        device of the feature maps, in their dtype -- but float32 when autocast made the features
+        float16/bfloat16 (``ops.box_dtype``: above 1024 px, float16 has a step of 1 px);
+        all images of a batch share the same anchors.
 
     Anchors are cached per (feature shapes, strides, dtype, device): they only change with the size.
     """
@@ -156,7 +160,7 @@ class AnchorGenerator(nn.Module):
                 raise ValueError(f"AnchorGenerator: feature_maps[{level}] must be a (B, C, H, W) tensor, got "
                                  f"{getattr(fm, 'shape', type(fm).__name__)}")
         grid_sizes = [tuple(fm.shape[-2:]) for fm in feature_maps]
-        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        dtype, device = box_dtype(feature_maps[0].dtype), feature_maps[0].device
         anchors = self.anchors_for(tuple(tensors.shape[-2:]), grid_sizes, dtype, device)
         # A copy per image: callers may modify their anchors without touching the cache.
         return [anchors.clone() for _ in range(tensors.shape[0])]

@@ -95,17 +95,21 @@ def assign_targets_to_proposals(
             matched = proposal_matcher(match_quality_matrix)
             clamped = matched.clamp(min=0)
             labels_in_image = gt_labels_in_image[clamped].to(dtype=torch.int64)
-            labels_in_image[matched == proposal_matcher.BELOW_LOW_THRESHOLD] = 0
-            labels_in_image[matched == proposal_matcher.BETWEEN_THRESHOLDS] = -1
+            labels_in_image.masked_fill_(matched == proposal_matcher.BELOW_LOW_THRESHOLD, 0)
+            labels_in_image.masked_fill_(matched == proposal_matcher.BETWEEN_THRESHOLDS, -1)
         matched_idxs.append(clamped)
         labels.append(labels_in_image)
     return matched_idxs, labels
 
 
 def subsample(labels: List[Tensor], fg_bg_sampler) -> List[Tensor]:
-    """Indices of the RoIs kept for the loss, per image: a ``BalancedPositiveNegativeSampler`` draws them."""
-    sampled_pos_inds, sampled_neg_inds = fg_bg_sampler(labels)
-    return [torch.where(pos | neg)[0] for pos, neg in zip(sampled_pos_inds, sampled_neg_inds)]
+    """Indices of the RoIs kept for the loss, per image, ascending: a ``BalancedPositiveNegativeSampler`` draws them.
+
+    torchvision takes the sampler's masks and lists ``torch.where(pos | neg)[0]``; the sorted union of the
+    sampled indices is the same list, without a host-device sync per image.
+    """
+    pos_inds, neg_inds = fg_bg_sampler.sample_indices(labels)
+    return [torch.cat([pos, neg]).sort().values for pos, neg in zip(pos_inds, neg_inds)]
 
 
 def select_training_samples(
@@ -218,9 +222,10 @@ def postprocess_detections(
         scores = scores[:, 1:].reshape(-1)
         labels = labels[:, 1:].reshape(-1)
 
-        keep = torch.where(scores > score_thresh)[0]               # low scores
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = ops.remove_small_boxes(boxes, min_size=1e-2)        # (nearly) empty boxes
+        # low scores and (nearly) empty boxes (torchvision: a torch.where, then remove_small_boxes with
+        # min_size 1e-2). One torch.where for both: each one is a host-device sync on a GPU.
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = torch.where((scores > score_thresh) & (widths >= 1e-2) & (heights >= 1e-2))[0]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, nms_thresh)      # NMS within each class only
         keep = keep[:detections_per_img]                           # sorted by score: the best ones

@@ -21,8 +21,15 @@ The pieces, in the order the data flows through ``RegionProposalNetwork.forward`
 
 Semantics, argument names and defaults follow ``torchvision.models.detection.rpn`` so the two can be
 read side by side; the tests prove the same weights give the same proposals and losses. Where
-torchvision loops over the images of a batch, we vectorise when the result is identical
-(target assignment, clipping and filtering); NMS stays per image.
+torchvision loops over the images of a batch, we vectorise when the result is identical (target
+assignment, top-n selection); clipping, filtering and NMS stay per image, since each image keeps a
+different number of boxes.
+
+On a GPU, every read of a tensor's *value* by Python (``.item()``, ``.tolist()``, ``if t.any():``,
+``torch.where(mask)``, ``x[bool_mask]``: the result's size depends on the data) waits for all queued
+work to finish: a host-device sync. The code avoids the ones it can without changing a number
+(see ``Matcher.set_low_quality_matches_``, ``BalancedPositiveNegativeSampler.sample_indices`` and
+``filter_proposals``); the rest are listed in notebook 13.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops import BoxCoder
+from ..ops import BoxCoder, box_dtype
 from .anchors import AnchorGenerator
 
 __all__ = [
@@ -112,8 +119,8 @@ class Matcher:
 
         below_low_threshold = matched_vals < self.low_threshold
         between_thresholds = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
-        matches[below_low_threshold] = self.BELOW_LOW_THRESHOLD
-        matches[between_thresholds] = self.BETWEEN_THRESHOLDS
+        matches.masked_fill_(below_low_threshold, self.BELOW_LOW_THRESHOLD)
+        matches.masked_fill_(between_thresholds, self.BETWEEN_THRESHOLDS)
 
         if all_matches is not None:
             self.set_low_quality_matches_(matches, all_matches, quality)
@@ -129,8 +136,10 @@ class Matcher:
         highest_quality_foreach_gt = quality.max(dim=2).values           # (B, M)
         is_best = quality == highest_quality_foreach_gt[:, :, None]      # (B, M, N)
         is_best &= (highest_quality_foreach_gt >= 0)[:, :, None]         # skip padded GT rows
-        img_idx, _, pred_idx = torch.where(is_best)
-        matches[img_idx, pred_idx] = all_matches[img_idx, pred_idx]
+        # torchvision lists the (image, prediction) pairs with torch.where(is_best) and writes those; a
+        # mask over predictions does the same without asking the GPU how many pairs there are (a sync).
+        is_best_for_some_gt = is_best.any(dim=1)                         # (B, N)
+        matches.copy_(torch.where(is_best_for_some_gt, all_matches, matches))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +160,10 @@ class BalancedPositiveNegativeSampler:
 
     The random draw is one ``torch.randperm`` of the positives then one of the negatives per image,
     exactly as torchvision does, so with the same seed both pick the same examples.
+
+    ``sampler.sample_indices(labels)`` returns the same draw as sorted index tensors instead of masks.
+    It reads the numbers of positives and negatives of all images in *one* host-device transfer
+    (``randperm`` needs them on the host); torchvision's two ``torch.where`` per image cost one each.
     """
 
     def __init__(self, batch_size_per_image: int, positive_fraction: float):
@@ -162,21 +175,9 @@ class BalancedPositiveNegativeSampler:
         self.positive_fraction = positive_fraction
 
     def __call__(self, labels: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        pos_inds, neg_inds = self.sample_indices(labels)
         pos_masks, neg_masks = [], []
-        for i, labels_per_image in enumerate(labels):
-            if not isinstance(labels_per_image, Tensor) or labels_per_image.dim() != 1:
-                raise ValueError(f"sampler: labels[{i}] must be a 1-D tensor, got "
-                                 f"{getattr(labels_per_image, 'shape', type(labels_per_image).__name__)}")
-            positive = torch.where(labels_per_image >= 1)[0]
-            negative = torch.where(labels_per_image == 0)[0]
-
-            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
-            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-
-            # A random subset of each pool (a random permutation, then its first k).
-            pos_chosen = positive[torch.randperm(positive.numel(), device=positive.device)[:num_pos]]
-            neg_chosen = negative[torch.randperm(negative.numel(), device=negative.device)[:num_neg]]
-
+        for labels_per_image, pos_chosen, neg_chosen in zip(labels, pos_inds, neg_inds):
             pos_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
             neg_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
             pos_mask[pos_chosen] = True
@@ -184,6 +185,39 @@ class BalancedPositiveNegativeSampler:
             pos_masks.append(pos_mask)
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks
+
+    def sample_indices(self, labels: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """The sampled positives and negatives of each image as sorted int64 indices into its labels.
+
+        Same draw as ``__call__``: ``torch.where(pos_masks[i])[0]`` equals ``sample_indices(labels)[0][i]``.
+        """
+        for i, labels_per_image in enumerate(labels):
+            if not isinstance(labels_per_image, Tensor) or labels_per_image.dim() != 1:
+                raise ValueError(f"sampler: labels[{i}] must be a 1-D tensor, got "
+                                 f"{getattr(labels_per_image, 'shape', type(labels_per_image).__name__)}")
+        if len(labels) == 0:
+            return [], []
+        is_pos = [labels_per_image >= 1 for labels_per_image in labels]
+        is_neg = [labels_per_image == 0 for labels_per_image in labels]
+        # How many positives and negatives each image has: one host read for the whole batch.
+        counts = torch.stack([torch.stack([p.sum(), n.sum()]) for p, n in zip(is_pos, is_neg)]).tolist()
+
+        pos_inds, neg_inds = [], []
+        for p, n, (n_pos, n_neg) in zip(is_pos, is_neg, counts):
+            # All positives / negatives, ascending, as torch.where would list them; nonzero_static is told
+            # how many there are, so it need not read that back from the GPU.
+            positive = torch.nonzero_static(p, size=n_pos)[:, 0]
+            negative = torch.nonzero_static(n, size=n_neg)[:, 0]
+
+            num_pos = min(n_pos, int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(n_neg, self.batch_size_per_image - num_pos)
+
+            # A random subset of each pool (a random permutation, then its first k).
+            pos_chosen = positive[torch.randperm(n_pos, device=positive.device)[:num_pos]]
+            neg_chosen = negative[torch.randperm(n_neg, device=negative.device)[:num_neg]]
+            pos_inds.append(pos_chosen.sort().values)
+            neg_inds.append(neg_chosen.sort().values)
+        return pos_inds, neg_inds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,8 +388,8 @@ class RegionProposalNetwork(nn.Module):
             padded_gt, 1, matched_idxs.clamp(min=0)[:, :, None].expand(B, N, 4)
         )
         labels = (matched_idxs >= 0).to(anchors.dtype)
-        labels[matched_idxs == Matcher.BELOW_LOW_THRESHOLD] = 0.0
-        labels[matched_idxs == Matcher.BETWEEN_THRESHOLDS] = -1.0
+        labels.masked_fill_(matched_idxs == Matcher.BELOW_LOW_THRESHOLD, 0.0)
+        labels.masked_fill_(matched_idxs == Matcher.BETWEEN_THRESHOLDS, -1.0)
         return list(labels.unbind(0)), list(matched_gt_boxes.unbind(0))
 
     def compute_loss(
@@ -430,19 +464,21 @@ class RegionProposalNetwork(nn.Module):
         levels = levels[top_n_idx]                                             # (B, K)
         scores = torch.sigmoid(objectness)
 
-        # 2. clip to each image's own (unpadded) size -- all images at once.
-        sizes = torch.as_tensor([[w, h, w, h] for h, w in image_sizes], dtype=proposals.dtype, device=device)
-        proposals = torch.minimum(proposals.clamp(min=0), sizes[:, None, :])
-
-        # 3. drop near-empty boxes and low scores (">=" like torchvision).
-        widths = proposals[..., 2] - proposals[..., 0]
-        heights = proposals[..., 3] - proposals[..., 1]
-        keep = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
-
-        # 4. NMS per image, independently per level; 5. the best post_nms_top_n.
         final_boxes, final_scores = [], []
-        for i in range(B):
-            boxes_i, scores_i, lvl_i = proposals[i][keep[i]], scores[i][keep[i]], levels[i][keep[i]]
+        for i, image_size in enumerate(image_sizes):
+            # 2. clip to the image's own (unpadded) size. Its (h, w) are Python numbers, so this needs
+            # no host-to-device copy (a sizes tensor for the whole batch would need one: a sync on a GPU).
+            boxes_i = ops.clip_boxes_to_image(proposals[i], image_size)
+
+            # 3. drop near-empty boxes and low scores (">=" like torchvision). One torch.where, then
+            # plain indexing: each boolean-mask index would be a host-device sync of its own.
+            widths = boxes_i[:, 2] - boxes_i[:, 0]
+            heights = boxes_i[:, 3] - boxes_i[:, 1]
+            keep = torch.where((widths >= self.min_size) & (heights >= self.min_size)
+                               & (scores[i] >= self.score_thresh))[0]
+            boxes_i, scores_i, lvl_i = boxes_i[keep], scores[i][keep], levels[i][keep]
+
+            # 4. NMS, independently per level; 5. the best post_nms_top_n.
             kept = self.nms_fn(boxes_i, scores_i, lvl_i, self.nms_thresh)[: self.post_nms_top_n()]
             final_boxes.append(boxes_i[kept])
             final_scores.append(scores_i[kept])
@@ -466,6 +502,10 @@ class RegionProposalNetwork(nn.Module):
         anchors = self.anchor_generator(images_tensor, features)               # B x (N, 4)
         num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # Under autocast the head's convs return float16/bfloat16. Decoding, clipping, NMS and the losses
+        # run in float32 (ops.box_dtype); for a float32 or float64 model this is a no-op.
+        objectness = objectness.to(box_dtype(objectness.dtype))
+        pred_bbox_deltas = pred_bbox_deltas.to(box_dtype(pred_bbox_deltas.dtype))
         B, N = objectness.shape
 
         # Decode every anchor with its predicted deltas. Detached: Faster R-CNN does not backprop

@@ -47,10 +47,11 @@ def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence
     """Scale ``boxes (N, 4) xyxy`` from an image of ``original_size (h, w)`` to one of ``new_size (h, w)``.
 
     The ratios are computed in float32, as torchvision does, so float64 models give the same numbers.
+    They stay 0-dim CPU tensors, which PyTorch passes to a GPU kernel as plain numbers; torchvision
+    moves them to the boxes' device first, a host-to-device copy (and a sync) per ratio.
     """
     ratio_h = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
     ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
-    ratio_h, ratio_w = ratio_h.to(boxes.device), ratio_w.to(boxes.device)
     xmin, ymin, xmax, ymax = boxes.unbind(1)
     return torch.stack((xmin * ratio_w, ymin * ratio_h, xmax * ratio_w, ymax * ratio_h), dim=1)
 
@@ -104,6 +105,7 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.size_divisible = size_divisible
+        self._mean_std_cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
 
     def forward(
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
@@ -133,8 +135,13 @@ class GeneralizedRCNNTransform(nn.Module):
         """``(image - mean) / std`` per channel; ``image (3, h, w)`` float."""
         if not image.is_floating_point():
             raise TypeError(f"images must be floating point (values in [0, 1]), got {image.dtype}")
-        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
-        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        # Made once per (values, dtype, device): a tensor built from a Python list on a GPU is a
+        # host-to-device copy, which waits for the GPU (a sync) -- twice per image otherwise.
+        key = (tuple(self.image_mean), tuple(self.image_std), image.dtype, image.device)
+        if key not in self._mean_std_cache:
+            self._mean_std_cache[key] = (torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device),
+                                         torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device))
+        mean, std = self._mean_std_cache[key]
         return (image - mean[:, None, None]) / std[:, None, None]
 
     def torch_choice(self, k: Sequence[int]) -> int:

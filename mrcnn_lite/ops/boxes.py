@@ -45,6 +45,18 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     return boxes
 
 
+def box_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The floating-point type that box arithmetic runs in: float64 stays float64, all else becomes float32.
+
+    Under mixed precision (``torch.autocast``) the convs and linear layers return float16 or bfloat16.
+    Those are fine for activations but not for coordinates: float16 has 11 significant bits, so between
+    1024 and 2048 its numbers are 1 apart and a box corner at x = 1300.3 is stored as 1300; bfloat16 (8
+    bits) is 8 times coarser (1304). Anchors, box deltas, decoded boxes, IoUs, NMS and RoIAlign's sampling
+    points therefore stay in float32 (float64 in a float64 model, for the equality tests).
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _upcast(t: Tensor) -> Tensor:
     # Integer boxes would overflow when multiplied; float16 loses precision. Work in float32+.
     if t.is_floating_point():
@@ -121,7 +133,9 @@ class BoxCoder:
 
     def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
         """``reference_boxes (N, 4)`` (targets) relative to ``proposals (N, 4)`` -> deltas ``(N, 4)``."""
-        wx, wy, ww, wh = torch.as_tensor(self.weights, dtype=reference_boxes.dtype, device=reference_boxes.device)
+        # Python numbers, not a tensor: torchvision's torch.as_tensor(weights, device=...) is a host-to-device
+        # copy (a sync on a GPU); a Python scalar is converted to the boxes' dtype inside the kernel instead.
+        wx, wy, ww, wh = self.weights
         ex_widths = proposals[:, 2:3] - proposals[:, 0:1]
         ex_heights = proposals[:, 3:4] - proposals[:, 1:2]
         ex_ctr_x = proposals[:, 0:1] + 0.5 * ex_widths
@@ -150,8 +164,14 @@ class BoxCoder:
         return pred_boxes
 
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
-        """Deltas ``rel_codes (N, 4*C)`` applied to reference ``boxes (N, 4)`` -> boxes ``(N, 4*C)`` xyxy."""
-        boxes = boxes.to(rel_codes.dtype)
+        """Deltas ``rel_codes (N, 4*C)`` applied to reference ``boxes (N, 4)`` -> boxes ``(N, 4*C)`` xyxy.
+
+        Computed in ``box_dtype(rel_codes.dtype)``: float16/bfloat16 deltas (from a head under autocast)
+        are decoded in float32, never the boxes rounded down to the deltas' precision.
+        """
+        dtype = box_dtype(rel_codes.dtype)
+        rel_codes = rel_codes.to(dtype)
+        boxes = boxes.to(dtype)
         widths = boxes[:, 2] - boxes[:, 0]
         heights = boxes[:, 3] - boxes[:, 1]
         ctr_x = boxes[:, 0] + 0.5 * widths

@@ -22,6 +22,7 @@ Shapes used below: ``input (N, C, H, W)``, ``K`` RoIs, output ``(K, C, PH, PW)``
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .boxes import box_area
+from .boxes import box_area, box_dtype
 
 BoxesArg = Union[Tensor, Sequence[Tensor]]
 
@@ -69,7 +70,9 @@ def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
 
 
 def _as_rois(input: Tensor, boxes: BoxesArg, op: str) -> Tensor:
-    """Validate ``boxes`` against ``input`` and return ``(K, 5)`` RoIs in ``input``'s dtype, detached."""
+    """Validate ``boxes`` against ``input`` and return ``(K, 5)`` RoIs, detached, in ``box_dtype(input.dtype)``
+    (the input's dtype for float32/float64; float32 for float16/bfloat16 features, whose precision is
+    too coarse for coordinates)."""
     n = input.shape[0]
     if isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
@@ -81,7 +84,7 @@ def _as_rois(input: Tensor, boxes: BoxesArg, op: str) -> Tensor:
         if len(boxes) > n:
             raise ValueError(f"{op}: boxes is a list for {len(boxes)} images but input holds only {n}")
         dtypes = {b.dtype for b in boxes}
-        boxes = [b.to(input.dtype) for b in boxes] if len(dtypes) > 1 else list(boxes)
+        boxes = [b.to(box_dtype(input.dtype)) for b in boxes] if len(dtypes) > 1 else list(boxes)
         rois = boxes_to_rois(boxes) if boxes else input.new_zeros((0, 5))
     elif isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
@@ -93,8 +96,8 @@ def _as_rois(input: Tensor, boxes: BoxesArg, op: str) -> Tensor:
 
     if rois.device != input.device:
         raise ValueError(f"{op}: boxes are on {rois.device} but input is on {input.device}; move them with .to()")
-    # Boxes are constants for the op (no gradient, like torchvision); compute in the input's dtype.
-    rois = rois.detach().to(input.dtype)
+    # Boxes are constants for the op (no gradient, like torchvision); float32 or float64 (see box_dtype).
+    rois = rois.detach().to(box_dtype(input.dtype))
     if rois.shape[0] == 0:
         return rois
     bad = ~torch.isfinite(rois).all(dim=1)
@@ -155,15 +158,16 @@ def roi_pool(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float =
     dev = input.device
 
     batch = rois[:, 0].long()
-    # Quantization 1: box corners to whole cells (in the input's dtype, like the C++ kernel).
+    # Quantization 1: box corners to whole cells (in the input's dtype, like the C++ kernel; float32 for
+    # float16/bfloat16 input, see box_dtype).
     x1, y1, x2, y2 = (_round_half_away(rois[:, i] * spatial_scale).long() for i in range(1, 5))
     roi_w = (x2 - x1 + 1).clamp(min=1)  # malformed boxes become 1 x 1
     roi_h = (y2 - y1 + 1).clamp(min=1)
 
     def bin_edges(start: Tensor, length: Tensor, n_bins: int, size: int) -> Tuple[Tensor, Tensor]:
         # Quantization 2: bin p spans [floor(p * bin), ceil((p+1) * bin)) cells from the box start.
-        bin_size = length.to(input.dtype) / n_bins                               # (K,)
-        p = torch.arange(n_bins, device=dev, dtype=input.dtype)
+        bin_size = length.to(rois.dtype) / n_bins                                # (K,)
+        p = torch.arange(n_bins, device=dev, dtype=rois.dtype)
         lo = torch.floor(p * bin_size[:, None]).long() + start[:, None]          # (K, n_bins)
         hi = torch.ceil((p + 1) * bin_size[:, None]).long() + start[:, None]
         return lo.clamp(0, size), hi.clamp(0, size)                              # clip to the map
@@ -296,11 +300,33 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
     the 2 x 2 neighbours of every (y, x) sample from a channels-last copy of the map in one
     ``index_select`` and contract with the y- and x-weights in one ``einsum``. Adaptive grids,
     which differ per RoI, are laid out at the largest count and the extra samples get weight 0.
+
+    Mixed precision: float16/bfloat16 input is sampled in float32 and the result cast back to the input's
+    dtype, with autocast switched off inside (the weighted sum is a matrix product, which autocast would
+    otherwise run in low precision). That is what torchvision's kernel does under autocast.
     """
     _check_input(input, "roi_align")
     ph_n, pw_n = _pair(output_size, "roi_align")
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"roi_align: sampling_ratio must be an int, got {sampling_ratio!r}")
+    out_dtype = input.dtype
+    input = input.to(box_dtype(input.dtype))  # a no-op for float32 and float64
+    with _autocast_off(input.device):
+        out = _roi_align_full_precision(input, boxes, (ph_n, pw_n), spatial_scale, sampling_ratio, aligned)
+    return out.to(out_dtype)
+
+
+def _autocast_off(device: torch.device):
+    """A context in which autocast is off on ``device`` (``nullcontext`` when it is not on anyway)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _roi_align_full_precision(input: Tensor, boxes: BoxesArg, output_size: Tuple[int, int],
+                              spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """:func:`roi_align` for float32/float64 ``input`` with autocast off: the arithmetic itself."""
+    ph_n, pw_n = output_size
     rois = _as_rois(input, boxes, "roi_align")
     n, c, h, w = input.shape
     k = rois.shape[0]
@@ -421,6 +447,13 @@ class MultiScaleRoIAlign(nn.Module):
     Unlike torchvision, the level scales are recomputed on every call from the current feature and
     image sizes (torchvision caches them from the first batch, which is wrong when that batch had a
     different shape: torchvision issue 3747). For same-size batches the numbers are identical.
+
+    Mixed precision: when autocast made the features float16/bfloat16, the RoIs stay float32 and the
+    features are cast up to float32 for the sampling (torchvision's kernel does the same cast inside);
+    the pooled result is cast back to the features' dtype, the dtype the heads compute in (and the only
+    one a ``.half()`` head without autocast accepts). Casting the *boxes* down instead would move them:
+    a 1333-px coordinate in float16 has a step of 1 px, in bfloat16 8 px. In float32/float64 every
+    cast here is a no-op.
     """
 
     def __init__(self, featmap_names: List[str], output_size, sampling_ratio: int, *,
@@ -447,11 +480,14 @@ class MultiScaleRoIAlign(nn.Module):
         # Same order as torchvision: the dict's order, keeping the requested names.
         feats = [v for name, v in x.items() if name in self.featmap_names]
         scales, k_min, k_max = setup_scales([f.shape for f in feats], image_shapes)
-        rois = boxes_to_rois([b.to(feats[0].dtype) for b in boxes]) if len(boxes) else feats[0].new_zeros((0, 5))
+        out_dtype = feats[0].dtype                  # the heads' compute dtype (float16/bfloat16 under autocast)
+        dtype = box_dtype(out_dtype)                # RoIAlign samples in float32 (float64 stays float64)
+        feats = [f.to(dtype) for f in feats]
+        rois = boxes_to_rois([b.to(dtype) for b in boxes]) if len(boxes) else feats[0].new_zeros((0, 5))
         rois = rois.to(feats[0].device)
         kwargs = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio)
         if len(feats) == 1:
-            return self.roi_align(feats[0], rois, spatial_scale=scales[0], **kwargs)
+            return self.roi_align(feats[0], rois, spatial_scale=scales[0], **kwargs).to(out_dtype)
 
         levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level).to(rois.device)
         # Group the RoIs by level (a stable sort keeps their order within a level), pool each group
@@ -467,10 +503,10 @@ class MultiScaleRoIAlign(nn.Module):
         unpooled = sum(counts[len(feats):])  # levels without a map (a subset of names): zeros, like torchvision
         if unpooled:
             pooled.append(feats[0].new_zeros((unpooled, feats[0].shape[1]) + self.output_size))
-        pooled = torch.cat([p.to(feats[0].dtype) for p in pooled])  # row j is RoI order[j]
+        pooled = torch.cat([p.to(dtype) for p in pooled])  # row j is RoI order[j]
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return pooled[inverse]                          # row i is RoI i again
+        return pooled[inverse].to(out_dtype)            # row i is RoI i again
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
