@@ -28,7 +28,14 @@ from pathlib import Path
 
 # The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in under
 # 10 minutes on 2 CPU cores. Every value can be overridden on the command line.
-TINY_SHAPES_RECIPE = dict(num_train=2000, num_val=50, epochs=2, batch_size=4, lr=0.02, warmup=50)
+# AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
+# mask AP 0.15 vs 0.03 after 300 steps). Fresh images every step: one epoch of 3000 steps of 4 generated
+# images (about 8 minutes on 2 quiet CPU cores).
+TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
+                          weight_decay=0.05, warmup=50)
+# Model changes for the course run: trainable BatchNorm (training from scratch), and 64 sampled RoIs
+# per image instead of 128: shapes images hold at most six objects, and the box head costs half as much.
+TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64)
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -206,7 +213,10 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"images per step, all processes together (tiny-shapes: {r['batch_size']}, else 4)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (tiny-shapes: {r['lr']}, else 0.01)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help=f"sgd (momentum 0.9) or adamw (tiny-shapes: {r['optimizer']}, else sgd)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"weight decay (tiny-shapes: {r['weight_decay']}, else 1e-4)")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--warmup", type=int, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
     p.add_argument("--clip-grad-norm", type=float, default=10.0, help="gradient clipping (0: off)")
@@ -261,7 +271,7 @@ def cmd_train(args) -> int:
         train_set = ShapesDataset(args.num_train, seed=args.seed)
         val_set = ShapesDataset(args.num_val, seed=args.seed + 1) if args.num_val > 0 else None
         class_names = list(CLASSES)
-        cfg = C.tiny(num_classes=len(CLASSES), norm="bn")  # from scratch: trainable BatchNorm
+        cfg = C.tiny(num_classes=len(CLASSES), **TINY_SHAPES_MODEL)
         print(f"data: {len(train_set)} generated shapes images for training, "
               f"{args.num_val} held out (seed {args.seed + 1})")
     else:
@@ -300,7 +310,8 @@ def cmd_train(args) -> int:
 
     tcfg = TrainConfig(
         epochs=pick(args.epochs, r["epochs"], 12), batch_size=pick(args.batch_size, r["batch_size"], 4),
-        lr=pick(args.lr, r["lr"], 0.01), optimizer=args.optimizer, schedule=args.schedule,
+        lr=pick(args.lr, r["lr"], 0.01), optimizer=pick(args.optimizer, r["optimizer"], "sgd"),
+        weight_decay=pick(args.weight_decay, r["weight_decay"], 1e-4), schedule=args.schedule,
         warmup_iters=pick(args.warmup, r["warmup"], 100), clip_grad_norm=args.clip_grad_norm or None,
         amp=args.amp, eval_every=args.eval_every or max(1, pick(args.epochs, r["epochs"], 12)),
         seed=args.seed, num_workers=args.workers, progress=not args.no_progress)

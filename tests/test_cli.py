@@ -48,7 +48,23 @@ def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     assert len(metrics["train"]) == 2 and metrics["train"][-1]["step"] == 2
     assert set(metrics["eval"][-1]["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     model = ml.load_checkpoint(run_dir / "checkpoint.pt")
-    assert model.cfg == ml.config.tiny(num_classes=4, norm=model.cfg.norm) and not model.training
+    from mrcnn_lite.__main__ import TINY_SHAPES_MODEL
+    assert model.cfg == ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL) and not model.training
+
+
+def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
+    """The course run trains with the recipe's optimizer and weight decay; --lr on the command line wins."""
+    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    from mrcnn_lite.engine.checkpoint import read_checkpoint
+
+    state = read_checkpoint(run_dir / "checkpoint.pt")
+    tc = state["train_config"]
+    assert (tc["optimizer"], tc["weight_decay"], tc["lr"]) == (r["optimizer"], r["weight_decay"], 0.005)
+    assert state["model_config"]["norm"] == "bn"  # from scratch: trainable BatchNorm
+    # AdamW keeps two moments per parameter; SGD with momentum keeps one buffer.
+    first = next(iter(state["optimizer"]["state"].values()))
+    expected = {"exp_avg", "exp_avg_sq"} if r["optimizer"] == "adamw" else {"momentum_buffer"}
+    assert expected <= set(first), sorted(first)
 
 
 def test_load_checkpoint_round_trip_gives_the_same_outputs(tmp_path):

@@ -291,6 +291,10 @@ def test_host_reads_per_training_step_and_inference(shapes_batch):
     """
     images, targets = shapes_batch
     model = _tiny().train()
+    # Count what a GPU would run: torchvision's roi_align kernel. (Training on a CPU calls the from-scratch
+    # op instead, see kernels.roi_align_fastest; its input checks read the host, which costs nothing there.)
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        pool.roi_align = torchvision.ops.roi_align
     model(images, targets)  # the first call makes the cached constants (normalisation mean and std)
     counter = _count_model_reads(model, images, targets)
     assert counter.total <= 13, dict(counter.counts)
@@ -342,3 +346,38 @@ def test_compile_backbone_traces_as_one_graph_and_keeps_results(shapes_batch):
     for a, b in zip(out, expected):
         for k in ("boxes", "labels", "scores", "masks"):
             assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# Which roi_align the model calls
+# ------------------------------------------------------------------------------------------------
+def test_roi_align_dispatch_cpu_training_uses_the_from_scratch_op_with_the_same_numbers():
+    """On CPU with gradients the model uses ops.roi_align (faster backward); otherwise torchvision's kernel."""
+    from mrcnn_lite.model.kernels import kernels
+
+    k = kernels(True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 20, 24, generator=g)
+    xy = torch.rand(30, 2, generator=g) * 70
+    boxes = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), xy,
+                       xy + 2 + torch.rand(30, 2, generator=g) * 30], dim=1)
+    args = ((7, 7), 0.25, 2, False)
+
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y = k.roi_align(x1, boxes, *args)
+    y_ref = ops.roi_align(x2, boxes, *args)
+    assert torch.equal(y, y_ref)  # the very same op
+    w = torch.randn(y.shape, generator=g)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+    # and it agrees with torchvision's kernel, forward and backward
+    x3 = x.clone().requires_grad_(True)
+    y_tv = torchvision.ops.roi_align(x3, boxes, *args)
+    (y_tv * w).sum().backward()
+    torch.testing.assert_close(y, y_tv, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x1.grad, x3.grad, rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():  # inference: torchvision's kernel itself
+        assert torch.equal(k.roi_align(x, boxes, *args), torchvision.ops.roi_align(x, boxes, *args))
+    assert kernels(False).roi_align is ops.roi_align
