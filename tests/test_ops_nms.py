@@ -22,14 +22,8 @@ THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 STATS = {"cases": 0, "boxes": 0, "suppressed": 0, "tied_scores": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tensors are tiny: with a busy 2-core machine, intra-op threads only add waiting
-    # (measured 30x slower). Restore the setting for the modules that run after this one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
