@@ -61,11 +61,8 @@ def grads(fn_out, x, go):
 WORST = {}
 
 
-@pytest.mark.parametrize("sparse", [True, False], ids=["sparse-matmul", "gather"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_roi_align_matches_torchvision_forward_and_backward(dtype, sparse, monkeypatch):
-    monkeypatch.setattr(roi_ops, "SPARSE_ON_CPU", sparse)
-    monkeypatch.setattr(roi_ops, "SPARSE_MIN_ELEMENTS", 0)  # sparse path even for these small cases
+def test_roi_align_matches_torchvision_forward_and_backward(dtype):
     worst_f = worst_b = 0.0
     cases = 0
     for seed in range(12):
@@ -85,10 +82,29 @@ def test_roi_align_matches_torchvision_forward_and_backward(dtype, sparse, monke
                 worst_f = max(worst_f, rel_err(ours, ref))
                 worst_b = max(worst_b, rel_err(grads(ours, x, go), grads(ref, x, go)))
                 cases += 1
-    WORST[("roi_align", str(dtype), sparse)] = (worst_f, worst_b)
-    print(f"\nroi_align {dtype} ({'sparse' if sparse else 'gather'}): {cases} cases, "
+    WORST[("roi_align", str(dtype))] = (worst_f, worst_b)
+    print(f"\nroi_align {dtype}: {cases} cases, "
           f"worst rel err forward {worst_f:.2e}, input-grad {worst_b:.2e}")
     assert worst_f < TOL and worst_b < TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_weighted_rows_is_the_written_out_weighted_gather(dtype):
+    """roi_align's one contact with the features (embedding_bag) equals gather-weight-sum, forward and backward."""
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(50, 6, generator=g, dtype=dtype, requires_grad=True)
+    index = torch.randint(0, 50, (40, 16), generator=g)
+    index[0] = 7  # one row reads the same cell 16 times: the weights must add up
+    weight = torch.rand(40, 16, generator=g, dtype=dtype)
+    weight[1] = 0  # and a row with no weight at all is exactly zero
+    ours = roi_ops._weighted_rows(feat, index, weight)
+    ref = (feat[index] * weight[:, :, None]).sum(dim=1)
+    assert ours.shape == (40, 6) and torch.equal(ours[1], torch.zeros(6, dtype=dtype))
+    torch.testing.assert_close(ours[0], feat[7] * weight[0].sum())
+    torch.testing.assert_close(ours, ref)
+    go = torch.randn(40, 6, generator=g, dtype=dtype)
+    torch.testing.assert_close(grads(ours, feat, go), grads(ref, feat, go))
+    assert roi_ops._weighted_rows(feat, index[:0], weight[:0]).shape == (0, 6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -351,8 +351,9 @@ def test_compile_backbone_traces_as_one_graph_and_keeps_results(shapes_batch):
 # ------------------------------------------------------------------------------------------------
 # Which roi_align the model calls
 # ------------------------------------------------------------------------------------------------
-def test_roi_align_dispatch_cpu_training_uses_the_from_scratch_op_with_the_same_numbers():
-    """On CPU with gradients the model uses ops.roi_align (faster backward); otherwise torchvision's kernel."""
+def test_roi_align_dispatch_cpu_uses_the_from_scratch_op_with_the_same_numbers():
+    """On CPU with a fixed sampling ratio the model uses ops.roi_align (faster forward and backward);
+    adaptive sampling (the full-resolution mask targets) stays on torchvision's kernel."""
     from mrcnn_lite.model.kernels import kernels
 
     k = kernels(True)
@@ -378,6 +379,10 @@ def test_roi_align_dispatch_cpu_training_uses_the_from_scratch_op_with_the_same_
     torch.testing.assert_close(y, y_tv, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x1.grad, x3.grad, rtol=1e-5, atol=1e-5)
 
-    with torch.no_grad():  # inference: torchvision's kernel itself
-        assert torch.equal(k.roi_align(x, boxes, *args), torchvision.ops.roi_align(x, boxes, *args))
+    with torch.no_grad():  # inference too
+        assert torch.equal(k.roi_align(x, boxes, *args), ops.roi_align(x, boxes, *args))
+        adaptive = ((7, 7), 0.25, -1, False)  # torchvision's kernel itself
+        assert torch.equal(k.roi_align(x, boxes, *adaptive), torchvision.ops.roi_align(x, boxes, *adaptive))
+        torch.testing.assert_close(k.roi_align(x, boxes, *adaptive), ops.roi_align(x, boxes, *adaptive),
+                                   rtol=1e-5, atol=1e-6)
     assert kernels(False).roi_align is ops.roi_align

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import box_area, box_dtype
@@ -354,14 +354,6 @@ def _roi_align_full_precision(input: Tensor, boxes: BoxesArg, output_size: Tuple
     return out.view(k, ph_n, pw_n, c).permute(0, 3, 1, 2).contiguous()
 
 
-# Two ways to compute the same weighted sum. The explicit gather materialises R * E * C numbers
-# (about 100 million for Mask R-CNN's 512 RoIs x 256 channels x 7 x 7 bins x 16 cells): on CPU, once
-# that gets large, a sparse-matrix product is several times faster and needs no such buffer. Tests
-# flip these switches to check that both paths agree with torchvision.
-SPARSE_ON_CPU = True
-SPARSE_MIN_ELEMENTS = 1 << 22
-
-
 def _weighted_rows(feat: Tensor, index: Tensor, weight: Tensor) -> Tensor:
     """``out[r] = sum_e weight[r, e] * feat[index[r, e]]``.
 
@@ -370,17 +362,14 @@ def _weighted_rows(feat: Tensor, index: Tensor, weight: Tensor) -> Tensor:
     This is RoIAlign's only contact with the features, and it is *linear*: ``out = S @ feat``
     with ``S`` an ``(R, M)`` matrix holding the bilinear weights (E non-zeros per row). Its
     gradient is ``S^T @ grad_out``: each cell receives the weights of the samples that read it.
+
+    Written out, it is ``(feat[index] * weight[..., None]).sum(1)``, but that gathers an ``(R, E, C)``
+    buffer first (about 100 million numbers for Mask R-CNN's 512 RoIs x 7 x 7 bins x 16 cells x 256
+    channels). ``embedding_bag`` in ``"sum"`` mode with per-sample weights computes exactly this sum
+    ("bags" of E rows, weighted) without the buffer, in parallel; its backward is the ``S^T`` scatter.
+    tests/test_ops_roi.py checks it against the written-out sum.
     """
-    r, e = index.shape
-    if feat.device.type == "cpu" and SPARSE_ON_CPU and r > 0 and r * e * feat.shape[1] >= SPARSE_MIN_ELEMENTS:
-        crow = torch.arange(0, r * e + 1, e, device=feat.device)  # every row has exactly E entries
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": we use only S @ dense
-            warnings.simplefilter("ignore", UserWarning)
-            s = torch.sparse_csr_tensor(crow, index.reshape(-1), weight.reshape(-1).to(feat.dtype),
-                                        (r, feat.shape[0]), check_invariants=False)
-        return s @ feat
-    # The same sum, written out: gather E cells per output row (memory R * E * C), weight, add.
-    return (feat.index_select(0, index.reshape(-1)).view(r, e, feat.shape[1]) * weight[:, :, None]).sum(dim=1)
+    return F.embedding_bag(index, feat, per_sample_weights=weight.to(feat.dtype), mode="sum")
 
 
 _default_roi_align = roi_align  # MultiScaleRoIAlign's argument named roi_align shadows the function
@@ -490,23 +479,29 @@ class MultiScaleRoIAlign(nn.Module):
             return self.roi_align(feats[0], rois, spatial_scale=scales[0], **kwargs).to(out_dtype)
 
         levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level).to(rois.device)
-        # Group the RoIs by level (a stable sort keeps their order within a level), pool each group
-        # from its level, concatenate, and put the rows back in the boxes' order with one gather.
-        # (Writing each level's rows into a zero tensor, as torchvision does, costs a full copy of the
-        # result per level, forward and backward.)
+        # Group the RoIs by level (a stable sort keeps their order within a level) and pool each group
+        # from its level. ``order.split(counts)`` gives each group's rows in the boxes' order.
         order = torch.sort(levels, stable=True).indices
         counts = torch.bincount(levels, minlength=len(feats)).tolist()  # one host sync for all levels
-        pooled = [
-            self.roi_align(feat, level_rois, spatial_scale=scale, **kwargs)
-            for feat, scale, level_rois in zip(feats, scales, rois[order].split(counts))
-        ]
+        groups = order.split(counts)
+        pooled = [self.roi_align(feat, rois[idx], spatial_scale=scale, **kwargs).to(dtype)
+                  for feat, scale, idx in zip(feats, scales, groups)]
         unpooled = sum(counts[len(feats):])  # levels without a map (a subset of names): zeros, like torchvision
         if unpooled:
+            groups = (*groups[:len(feats)], torch.cat(groups[len(feats):]))
             pooled.append(feats[0].new_zeros((unpooled, feats[0].shape[1]) + self.output_size))
-        pooled = torch.cat([p.to(dtype) for p in pooled])  # row j is RoI order[j]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return pooled[inverse].to(out_dtype)            # row i is RoI i again
+        if torch.is_grad_enabled() and any(p.requires_grad for p in pooled):
+            # Training: concatenate and gather the rows back into the boxes' order. Its backward is
+            # cheap: one scatter of the gradient, then views of it per level.
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            return torch.cat(pooled).index_select(0, inverse).to(out_dtype)
+        # Inference: copy each group's rows straight to their places in one uninitialised tensor: one
+        # pass over the result (torchvision fills a zero tensor first; cat + gather would be two passes).
+        out = pooled[0].new_empty((rois.shape[0],) + pooled[0].shape[1:])
+        for idx, rows in zip(groups, pooled):
+            out.index_copy_(0, idx, rows)
+        return out.to(out_dtype)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
