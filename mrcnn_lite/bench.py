@@ -509,6 +509,8 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compil
             "quick": quick, "roi_align": f"{cfg['roi_rois']} RoIs, C={cfg['roi_channels']}, 7x7, "
                                          f"sampling_ratio 2, 4 levels, image {cfg['roi_image'][0]}x{cfg['roi_image'][1]}",
             "use_torchvision_ops": bool(ours.cfg.use_torchvision_ops),
+            # which kernels the mrcnn_lite model called (model/kernels.py picks per device)
+            "mrcnn_lite_kernels": _kernels_used(ours.cfg.use_torchvision_ops, device),
             "mrcnn_lite_options": {"compile": compile_mode, "fold_bn": bool(fold_bn)},
         },
         "agreement": agreement,
@@ -517,6 +519,17 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compil
         "inference": inference,
         "roi_align": roi_align,
     }
+
+
+def _kernels_used(use_torchvision_ops: bool, device: torch.device) -> Dict[str, str]:
+    from mrcnn_lite.model.kernels import kernels
+
+    k = kernels(use_torchvision_ops)
+    if k.name != "torchvision":
+        return {"roi_align": "mrcnn_lite", "nms": "mrcnn_lite"}
+    # roi_align_fastest: the from-scratch op on a CPU for the pooling (fixed sampling ratio)
+    ra = "mrcnn_lite (pooling), torchvision (mask targets)" if device.type == "cpu" else "torchvision"
+    return {"roi_align": ra, "nms": "torchvision"}
 
 
 def _loadavg() -> Tuple[float, ...]:
@@ -536,6 +549,8 @@ def format_table(result: dict) -> str:
         f"threads={result['threads']} load={result['load_average']} reps={c['reps']} (medians, interleaved)",
         f"train: {c['train']}   inference: {c['inference']}   roi_align: {c['roi_align']}",
     ]
+    if "mrcnn_lite_kernels" in c:
+        lines.append("mrcnn_lite kernels: " + ", ".join(f"{k} {v}" for k, v in c["mrcnn_lite_kernels"].items()))
     opts = c.get("mrcnn_lite_options", {})
     if opts.get("compile") or opts.get("fold_bn"):
         lines.append(f"mrcnn_lite options: compile={opts.get('compile')} (backbone + RPN head), "

@@ -30,6 +30,10 @@ def test_bench_quick_writes_json(tmp_path):
         assert key in result, key
     assert result["device"] == "cpu" and result["config"]["quick"]
     assert result["config"]["mrcnn_lite_options"] == {"compile": None, "fold_bn": False}
+    # on a CPU the model pools with the from-scratch roi_align (kernels.roi_align_fastest), and says so
+    assert result["config"]["mrcnn_lite_kernels"] == {
+        "roi_align": "mrcnn_lite (pooling), torchvision (mask targets)", "nms": "torchvision"}
+    assert "mrcnn_lite kernels: roi_align mrcnn_lite (pooling)" in proc.stdout
     for key in ("train_step", "inference", "roi_align"):
         row = result[key]
         assert row["mrcnn_lite_s"] > 0 and row["torchvision_s"] > 0
