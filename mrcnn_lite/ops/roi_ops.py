@@ -14,7 +14,7 @@ it onto a fixed ``output_size`` grid of "bins":
 
 Semantics, argument names and numbers follow ``torchvision.ops`` (the tests check forward values
 and input gradients against it). Everything is built from differentiable tensor ops (index_select,
-gather, einsum), so autograd gives the backward pass; nothing loops over RoIs or bins in Python.
+gather, embedding_bag), so autograd gives the backward pass; nothing loops over RoIs or bins in Python.
 Boxes are treated as constants (no gradient flows into box coordinates), as in torchvision.
 
 Shapes used below: ``input (N, C, H, W)``, ``K`` RoIs, output ``(K, C, PH, PW)`` with
@@ -296,9 +296,9 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
 
     Samples with y outside ``[-1, H]`` or x outside ``[-1, W]`` contribute 0 (but still count in
     the average). How it is vectorised: the grid of sample points is the product of a set of y's
-    and a set of x's, and bilinear weights factor into a y-weight times an x-weight. So we gather
-    the 2 x 2 neighbours of every (y, x) sample from a channels-last copy of the map in one
-    ``index_select`` and contract with the y- and x-weights in one ``einsum``. Adaptive grids,
+    and a set of x's, and bilinear weights factor into a y-weight times an x-weight. So every output
+    bin is a weighted sum of the 2 x 2 neighbours of all its samples, read from a channels-last view of
+    the map: one weighted row-sum for all bins at once (:func:`_weighted_rows`). Adaptive grids,
     which differ per RoI, are laid out at the largest count and the extra samples get weight 0.
 
     Mixed precision: float16/bfloat16 input is sampled in float32 and the result cast back to the input's
