@@ -27,6 +27,7 @@ from torch import nn
 
 import mrcnn_lite as ml
 from mrcnn_lite.course import checks
+from mrcnn_lite.course.checks import nb11_evaluation
 from mrcnn_lite.course.assignments import (BEGIN, END, SolutionMarkerError, make_student_notebook,
                                            solution_lines, strip_solutions)
 from mrcnn_lite.model import backbone as B
@@ -48,14 +49,31 @@ def exercise_cells(path: Path):
     return [c.source for c in nb.cells if c.cell_type == "code" and BEGIN in c.source]
 
 
+def lab_cells(path: Path):
+    """The cells that hand out a component with a planted bug (``def lab_...``)."""
+    nb = nbformat.read(str(path), as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("def lab_")]
+
+
 @pytest.fixture(scope="module")
 def solutions():
-    """name -> the notebook's solution function/class, by executing every exercise cell."""
-    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np}
+    """name -> the notebook's solution function/class (every exercise cell executed) and the labs'
+    handed-out buggy components (``lab_...``)."""
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou}
     for path in NOTEBOOKS:
-        for source in exercise_cells(path):
+        for source in exercise_cells(path) + lab_cells(path):
             exec(compile(source, str(path), "exec"), ns)
     return ns
+
+
+def test_there_are_six_labs_and_three_predictions():
+    labs = [s for p in NOTEBOOKS for s in lab_cells(p)]
+    assert len(labs) >= 6
+    sources = "\n".join(c.source for p in NOTEBOOKS for c in nbformat.read(str(p), as_version=4).cells)
+    assert sources.count("checks.check_prediction(") >= 3
+    assert sum(sources.count(f"checks.check_{n}(") for n in
+               ("decode_lab", "frozen_bn_lab", "flatten_head_lab", "level_lab", "training_proposals_lab",
+                "mask_loss_lab")) == 6
 
 
 def test_every_notebook_has_an_exercise_and_a_check():
@@ -154,21 +172,41 @@ def mask_targets_aligned(gt_masks, proposals, matched_idxs, M):
     return ml.ops.roi_align(gt_masks[:, None].to(proposals), rois, (M, M), 1.0, -1, aligned=True)[:, 0]
 
 
-def to_original_paste_before_rescale(boxes, masks, image_size, original_size):
-    from mrcnn_lite.model.mask_head import paste_masks_in_image
-    from mrcnn_lite.model.transform import resize_boxes
-    pasted = paste_masks_in_image(masks, boxes, tuple(original_size))  # pastes into the resized boxes
-    return resize_boxes(boxes, image_size, original_size), pasted
+def paste_mask_without_border(mask, box, image_size):
+    """Stretches the mask over the box as it is: no 1-pixel zero border, no grown box."""
+    H, W = image_size
+    x0, y0, x1, y1 = (int(float(v)) for v in box)
+    w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+    resized = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    out = mask.new_zeros(H, W)
+    cx0, cx1, cy0, cy1 = max(x0, 0), min(x1 + 1, W), max(y0, 0), min(y1 + 1, H)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0:cy1, cx0:cx1] = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    return out
 
 
-def train_step_no_zero_grad(model, optimizer, images, targets, clip_grad_norm=None):
-    losses = model(images, targets)
-    loss = sum(losses.values())
-    loss.backward()  # forgot optimizer.zero_grad(): the gradients of earlier steps add up
+def accumulate_without_scaling(model, optimizer, images, targets, micro_batch, clip_grad_norm=None):
+    """Adds up the micro-batch gradients without dividing by their number: a k-times too large step."""
+    optimizer.zero_grad()
+    totals, chunks = {}, len(images) // micro_batch
+    for start in range(0, len(images), micro_batch):
+        losses = model(images[start:start + micro_batch], targets[start:start + micro_batch])
+        sum(losses.values()).backward()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + v.item() / chunks
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
-    return {**{k: v.item() for k, v in losses.items()}, "loss": loss.item()}
+    return {**totals, "loss": sum(totals.values())}
+
+
+def sample_leaves_positive_slots_empty(labels, batch_size_per_image, positive_fraction, generator):
+    """Always draws batch * (1 - fraction) negatives, even when there are too few positives."""
+    positive, negative = torch.where(labels >= 1)[0], torch.where(labels == 0)[0]
+    n_pos = int(batch_size_per_image * positive_fraction)
+    pos = positive[torch.randperm(len(positive), generator=generator)[:n_pos]]
+    neg = negative[torch.randperm(len(negative), generator=generator)[:batch_size_per_image - n_pos]]
+    return pos, neg
 
 
 def lr_at_cosine_after_warmup(it, total, base_lr, warmup_iters, warmup_factor):
@@ -182,12 +220,6 @@ def lr_at_cosine_after_warmup(it, total, base_lr, warmup_iters, warmup_factor):
 def coco_ap_no_envelope(recall, precision):
     idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")  # the raw zig-zag precision
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
-
-
-def coco_boxes_keep_xywh(anns):
-    kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
-    boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # still x, y, w, h
-    return boxes, torch.tensor([a["category_id"] for a in kept]), len(anns) - len(kept)
 
 
 def rle_decode_row_major(counts, height, width):
@@ -214,12 +246,12 @@ CASES = {
                            checks.reference_decode_class_boxes, decode_class_boxes_unit_weights),
     "mask_targets": (checks.check_mask_targets, "mask_targets", ml.model.mask_head.project_masks_on_boxes,
                      mask_targets_aligned),
-    "to_original": (checks.check_to_original, "to_original", checks.reference_to_original,
-                    to_original_paste_before_rescale),
-    "train_step": (checks.check_train_step, "train_step", checks.reference_train_step, train_step_no_zero_grad),
+    "paste_mask": (checks.check_paste_mask, "paste_mask", checks.reference_paste_mask, paste_mask_without_border),
+    "train_step_accumulate": (checks.check_train_step_accumulate, "train_step_accumulate",
+                              checks.reference_train_step_accumulate, accumulate_without_scaling),
+    "sample_balanced": (checks.check_sample_balanced, "sample_balanced", None, sample_leaves_positive_slots_empty),
     "lr_at": (checks.check_lr_at, "lr_at", checks.reference_lr_at, lr_at_cosine_after_warmup),
     "coco_ap": (checks.check_coco_ap, "average_precision", checks.reference_coco_ap, coco_ap_no_envelope),
-    "coco_boxes": (checks.check_coco_boxes, "coco_boxes", checks.reference_coco_boxes, coco_boxes_keep_xywh),
     "rle_decode": (checks.check_rle_decode, "rle_decode", checks.reference_rle_decode, rle_decode_row_major),
 }
 
@@ -227,12 +259,13 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_checker_passes_solution_and_reference(name, solutions, capsys):
     check, solution_name, reference, _ = CASES[name]
-    for fn in (solutions[solution_name], reference):
+    fns = (solutions[solution_name], reference) if reference is not None else (solutions[solution_name],)
+    for fn in fns:
         result = check(fn, points=2)
         assert result.passed, result.message
         assert (result.points, result.max_points, result.name) == (2, 2, name)
     out = capsys.readouterr().out
-    assert out.count(f"PASS  {name} (2/2 points)") == 2
+    assert out.count(f"PASS  {name} (2/2 points)") == len(fns)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -280,11 +313,77 @@ def test_checker_reports_not_implemented(name, capsys):
 
 
 def test_train_step_check_wants_float_losses(capsys):
-    def returns_tensors(model, optimizer, images, targets, clip_grad_norm=None):
+    def returns_tensors(model, optimizer, images, targets, micro_batch, clip_grad_norm=None):
         out = checks.reference_train_step(model, optimizer, images, targets, clip_grad_norm)
         return {k: torch.tensor(v) for k, v in out.items()}
-    result = checks.check_train_step(returns_tensors)
+    result = checks.check_train_step_accumulate(returns_tensors)
     assert not result.passed and "plain floats" in result.message
+
+
+# ------------------------------------------------------------------------------------------------
+# Debugging labs: the handed-out component fails, the fix passes, a half fix earns part of the points
+# ------------------------------------------------------------------------------------------------
+LABS = {  # checker, the notebook's buggy component, the notebook's fix
+    "decode_lab": (checks.check_decode_lab, "lab_decode", "fixed_decode"),
+    "frozen_bn_lab": (checks.check_frozen_bn_lab, "lab_frozen_bn", "fixed_frozen_bn"),
+    "flatten_head_lab": (checks.check_flatten_head_lab, "lab_flatten_head", "fixed_flatten_head"),
+    "level_lab": (checks.check_level_lab, "lab_level_for_boxes", "fixed_level_for_boxes"),
+    "training_proposals_lab": (checks.check_training_proposals_lab, "lab_training_proposals",
+                               "fixed_training_proposals"),
+    "mask_loss_lab": (checks.check_mask_loss_lab, "lab_mask_loss", "fixed_mask_loss"),
+}
+
+
+@pytest.mark.parametrize("name", list(LABS))
+def test_lab_fails_the_handed_out_component_and_passes_the_fix(name, solutions, capsys):
+    check, buggy, fixed = LABS[name]
+    result = check(solutions[buggy], points=2)
+    assert not result.passed and result.implemented and result.points == 0, result.message
+    assert "expected:" in result.message and "got:" in result.message
+    result = check(solutions[fixed], points=2)
+    assert result.passed and result.points == 2, result.message
+    assert "cases" in result.message
+
+
+def test_labs_run_on_the_trained_models_tensors(capsys):
+    from mrcnn_lite.course.checks import nb01_boxes, nb05_rpn
+    from mrcnn_lite.course.lab_case import load_lab_case
+
+    case = load_lab_case()
+    assert case["steps"] >= 2 and len(case["proposals"]) > 0 and len(case["gt_boxes"]) >= 1
+    labels = [label for label, _ in nb01_boxes._decode_lab_cases()]
+    assert labels[-1].startswith("the trained model")
+    assert sum(label.startswith("the trained model") for label, _ in nb05_rpn._flatten_cases()) == 3
+
+
+def test_half_fixed_decode_lab_earns_half_the_points(solutions, capsys):
+    def centres_fixed(deltas, anchors):           # dx/dy fixed, dw/dh still swapped
+        swapped = deltas[:, [0, 1, 3, 2]]
+        return checks.reference_decode(swapped, anchors)
+    result = checks.check_decode_lab(centres_fixed, points=3)
+    assert not result.passed and result.points == 1.5 and result.max_points == 3
+    assert result.message.startswith("FAIL  decode_lab (1.5/3 points)")
+    assert "part 'box centres' (1.5 points): PASS" in result.message
+    assert "part 'box sizes' (1.5 points): FAIL" in result.message
+    assert repr(result) == "1.5"            # the check cell's value: nbgrader's partial credit
+
+
+# ------------------------------------------------------------------------------------------------
+# Predict-then-run questions
+# ------------------------------------------------------------------------------------------------
+def test_prediction_number_and_choice(capsys):
+    def todo():
+        raise NotImplementedError
+    assert checks.check_prediction(lambda: 1728, 1728, points=1, name="q").passed
+    assert not checks.check_prediction(lambda: 1727, 1728, points=1, name="q").passed
+    assert checks.check_prediction(lambda: 0.49, 0.5, points=1, name="q", tolerance=0.02).passed
+    assert checks.check_prediction(lambda: " More ", "more", name="q", choices=("more", "fewer")).passed
+    wrong = checks.check_prediction(lambda: "fewer", "more", name="q", choices=("more", "fewer"))
+    assert not wrong.passed and "the run gives 'more'" in wrong.message
+    odd = checks.check_prediction(lambda: "up", "more", name="q", choices=("more", "fewer"))
+    assert not odd.passed and "answer one of" in odd.message
+    result = checks.check_prediction(todo, 3, points=2, name="q")
+    assert not result.implemented and result.points == 0 and result.message.startswith("TODO  q")
 
 
 def test_coco_ap_reference_is_pycocotools_on_real_boxes():
@@ -316,7 +415,7 @@ def test_coco_ap_reference_is_pycocotools_on_real_boxes():
             ev.evaluate()
             ev.accumulate()
         full = float(ev.eval["precision"][0, :, 0, 0, -1].mean())   # IoU 0.5, class 1, area all, 100 dets
-        recall, precision = checks._pr_curve(tps, n_gt)
+        recall, precision = nb11_evaluation._pr_curve(tps, n_gt)
         assert checks.coco_ap_by_pycocotools(recall, precision) == pytest.approx(full, abs=1e-12)
         assert checks.reference_coco_ap(recall.numpy(), precision.numpy()) == pytest.approx(full, abs=1e-12)
 
