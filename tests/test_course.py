@@ -514,9 +514,45 @@ def test_cli_help():
 
 
 # ------------------------------------------------------------------------------------------------
-# The autograder, on real notebooks (slow: every notebook executes once)
+# nbgrader metadata and the solutions' stored check outputs (no execution: nbval runs the solutions)
 # ------------------------------------------------------------------------------------------------
-PARTIAL = "04_anchors.ipynb"  # a student copy of this one gets its first exercise solved
+def test_committed_notebooks_carry_nbgrader_metadata():
+    """Every solution cell is an autograded answer, every check cell an autograder test with the check's points,
+    and the check call is the cell's last statement (its value, the points, is what nbgrader reads)."""
+    from mrcnn_lite.course.assignments import add_nbgrader_metadata, split_check_cells
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        marked = add_nbgrader_metadata(split_check_cells(nbformat.from_dict(nb)))
+        assert [c.source for c in marked.cells] == [c.source for c in nb.cells], f"{path.name}: run add-nbgrader-metadata"
+        assert [c.metadata.get("nbgrader") for c in marked.cells] == [c.metadata.get("nbgrader") for c in nb.cells], \
+            f"{path.name}: run `python -m mrcnn_lite.course add-nbgrader-metadata {path.name}`"
+        ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+        assert len(ids) == len(set(ids)), f"{path.name}: grade ids repeat: {ids}"
+
+
+def test_solution_check_cells_store_full_marks():
+    """nbval compares the stored outputs of the check cells (all marked NBVAL_CHECK_OUTPUT) when it runs the
+    solution notebooks; the stored outputs say PASS with full points, so that nbval's run of each solution
+    notebook is the proof that the solutions get full marks (no separate graded run of the solutions)."""
+    from mrcnn_lite.course.grade import declared_exercises
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        for cell, ex in zip([c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")], declared_exercises(nb)):
+            assert cell.source.startswith("# NBVAL_CHECK_OUTPUT"), f"{path.name}: {ex['name']}'s check is not checked by nbval"
+            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            value = [o["data"]["text/plain"] for o in cell.outputs if o.output_type == "execute_result"]
+            want = f"PASS  {ex['name']} ({ex['max_points']:g}/{ex['max_points']:g} points)"
+            assert want in text, f"{path.name}: stored output of {ex['name']}: {text!r}"
+            assert value == [f"{ex['max_points']:g}"], f"{path.name}: {ex['name']}'s cell value {value}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The autograder, on real notebooks (slow: each runs a notebook)
+# ------------------------------------------------------------------------------------------------
+PARTIAL = "01_boxes_iou_nms.ipynb"   # its decode lab, half fixed, in the nbgrader release version
+FULL = "04_anchors.ipynb"            # graded as submitted solution, by both graders
 
 
 def _grade(path: Path, out_json: Path) -> dict:
@@ -530,22 +566,94 @@ def _grade(path: Path, out_json: Path) -> dict:
     return report
 
 
-@pytest.fixture(scope="module")
-def graded(student_dir, tmp_path_factory):
-    """Grades of the solution notebooks, the untouched student notebooks, and one partly solved one."""
-    work = tmp_path_factory.mktemp("grades")
-    # Solve exactly one exercise (the first) in a student copy by pasting back the teacher's cell.
-    solution_cell = exercise_cells(ROOT / "notebooks" / PARTIAL)[0]
-    partial = nbformat.read(str(student_dir / PARTIAL), as_version=4)
-    todo_cells = [c for c in partial.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
-    todo_cells[0].source = solution_cell
-    partial_dir = work / "partial"
-    partial_dir.mkdir()
-    nbformat.write(partial, str(partial_dir / PARTIAL))
+def half_fix_decode_lab(nb) -> None:
+    """In a student copy: write ``fixed_decode`` as the handed-out ``lab_decode`` with only dx/dy corrected."""
+    lab = next(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("def lab_decode"))
+    half = (lab.replace("def lab_decode", "def fixed_decode")
+            .replace("pred_ctr_x = dy * widths", "pred_ctr_x = dx * widths")
+            .replace("pred_ctr_y = dx * heights", "pred_ctr_y = dy * heights"))
+    assert half.count("dx * widths") == 1
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def fixed_decode"))
+    cell.source = half
 
-    jobs = {("solution", p.name): p for p in NOTEBOOKS}
-    jobs.update({("student", p.name): student_dir / p.name for p in NOTEBOOKS})
-    jobs[("partial", PARTIAL)] = partial_dir / PARTIAL
+
+def nbgrader_available() -> bool:
+    try:
+        import nbgrader  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def nbgrader_course(tmp_path_factory):
+    """A standard nbgrader course folder with 01 and 04 as assignment "mrcnn": ``generate_assignment``, then
+    two submissions: 04 with its solutions pasted in, 01 as released with its decode lab half fixed.
+    ``None`` when nbgrader is not installed."""
+    if not nbgrader_available():
+        return None
+    root = tmp_path_factory.mktemp("nbgrader_course")
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        "c.CourseDirectory.course_id = 'mrcnn_lite'\n"
+        "c.ExecutePreprocessor.timeout = 300\n")
+    source = root / "source" / "mrcnn"
+    source.mkdir(parents=True)
+    for name in (PARTIAL, FULL):
+        (source / name).write_text((ROOT / "notebooks" / name).read_text())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
+    env.pop("MRCNN_LITE_FULL", None)
+
+    def nbgrader(*args):
+        proc = subprocess.run([PY, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    nbgrader("generate_assignment", "mrcnn", "--force")
+    nbgrader("db", "student", "add", "s1")
+    submitted = root / "submitted" / "s1" / "mrcnn"
+    submitted.mkdir(parents=True)
+    partial = nbformat.read(str(root / "release" / "mrcnn" / PARTIAL), as_version=4)
+    half_fix_decode_lab(partial)
+    nbformat.write(partial, str(submitted / PARTIAL))
+    full = nbformat.read(str(root / "release" / "mrcnn" / FULL), as_version=4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in
+               nbformat.read(str(source / FULL), as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in full.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = answers[cell.metadata["nbgrader"]["grade_id"]]
+    nbformat.write(full, str(submitted / FULL))
+    nbgrader("autograde", "mrcnn", "--force")
+
+    from nbgrader.api import Gradebook
+
+    scores = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for name in (PARTIAL, FULL):
+            nb = gb.find_submission_notebook(name[:-len(".ipynb")], "mrcnn", "s1")
+            scores[name] = {"score": nb.score, "max_score": nb.max_score,
+                            "grades": {g.name: g.score for g in nb.grades}}
+    return {"root": root, "submitted": submitted, "scores": scores}
+
+
+@pytest.fixture(scope="module")
+def graded(student_dir, nbgrader_course, tmp_path_factory):
+    """The course grader on: every untouched student notebook, and the two nbgrader submissions."""
+    work = tmp_path_factory.mktemp("grades")
+    jobs = {("student", p.name): student_dir / p.name for p in NOTEBOOKS}
+    if nbgrader_course is not None:
+        jobs[("nbgrader", PARTIAL)] = nbgrader_course["submitted"] / PARTIAL
+        jobs[("nbgrader", FULL)] = nbgrader_course["submitted"] / FULL
+    else:  # the same two submissions, made from the course's own student copy and solution notebook
+        partial = nbformat.read(str(student_dir / PARTIAL), as_version=4)
+        half_fix_decode_lab(partial)
+        (work / "partial").mkdir()
+        nbformat.write(partial, str(work / "partial" / PARTIAL))
+        jobs[("nbgrader", PARTIAL)] = work / "partial" / PARTIAL
+        jobs[("nbgrader", FULL)] = ROOT / "notebooks" / FULL
     # Longest first, two at a time.
     longest = ("10_training.ipynb", "11_evaluation.ipynb", "09_mask_rcnn.ipynb", "08_mask_head.ipynb", "05_rpn.ipynb",
                "02_resnet_backbone.ipynb")
@@ -555,32 +663,52 @@ def graded(student_dir, tmp_path_factory):
         return {k: f.result() for k, f in futures.items()}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
-def test_grade_full_marks_on_solution(graded, nb):
-    report = graded[("solution", nb)]
-    assert report["errors"] == [], report["errors"]
-    assert report["max_score"] > 0 and report["score"] == report["max_score"], report["stdout"]
-    assert all(e["status"] == "PASS" for e in report["exercises"])
-    assert set(report) >= {"score", "max_score", "exercises"}
-    assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
+def _max_points(nb_name: str) -> float:
+    from mrcnn_lite.course.grade import declared_exercises
+
+    return sum(e["max_points"] for e in declared_exercises(nbformat.read(str(ROOT / "notebooks" / nb_name), 4)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
 def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, nb):
     report = graded[("student", nb)]
-    assert report["score"] == 0 and report["max_score"] == graded[("solution", nb)]["max_score"]
+    assert report["score"] == 0 and report["max_score"] == _max_points(nb) > 0
     # Every check ran (so every cell before it ran) and said "not implemented"; no cell raised.
     assert all(e["status"] == "TODO" for e in report["exercises"]), report["stdout"]
     assert report["errors"] == [], report["errors"]
+    assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
 
 
 @pytest.mark.slow
-def test_grade_partial_score_with_one_exercise_solved(graded):
-    report = graded[("partial", PARTIAL)]
-    statuses = [e["status"] for e in report["exercises"]]
-    assert statuses == ["PASS", "TODO"], report["stdout"]
-    assert 0 < report["score"] < report["max_score"]
-    assert report["score"] == report["exercises"][0]["max_points"]
-    assert "score: 2 / 4" in report["stdout"]
+def test_grade_full_marks_on_a_submitted_solution(graded):
+    report = graded[("nbgrader", FULL)]
+    assert report["errors"] == [], report["errors"]
+    assert report["max_score"] > 0 and report["score"] == report["max_score"], report["stdout"]
+    assert all(e["status"] == "PASS" for e in report["exercises"])
+
+
+@pytest.mark.slow
+def test_grade_partial_marks_on_a_half_fixed_lab(graded):
+    report = graded[("nbgrader", PARTIAL)]
+    by_name = {e["name"]: e for e in report["exercises"]}
+    assert by_name["decode_lab"]["status"] == "PART" and by_name["decode_lab"]["points"] == 1.5, report["stdout"]
+    assert all(e["status"] == "TODO" for n, e in by_name.items() if n != "decode_lab"), report["stdout"]
+    assert report["score"] == 1.5 and report["max_score"] == _max_points(PARTIAL)
+    line = next(l for l in report["stdout"].splitlines() if l.strip().startswith("decode_lab "))
+    assert "1.5/3" in line and "PART" in line, line
+
+
+@pytest.mark.slow
+def test_nbgrader_autograde_gives_the_course_graders_points(graded, nbgrader_course):
+    """generate_assignment + autograde in a standard nbgrader course folder: the same points, exercise by
+    exercise, as `python -m mrcnn_lite.course grade` on the same submitted notebooks."""
+    if nbgrader_course is None:
+        pytest.skip("nbgrader is not installed (pip install -e '.[teach]'; `make setup` installs it)")
+    for name in (PARTIAL, FULL):
+        ours, theirs = graded[("nbgrader", name)], nbgrader_course["scores"][name]
+        assert theirs["max_score"] == ours["max_score"] == _max_points(name)
+        assert theirs["score"] == ours["score"], (name, theirs, ours["stdout"])
+        assert theirs["grades"] == {e["name"]: e["points"] for e in ours["exercises"]}, (name, theirs, ours["stdout"])
+    assert nbgrader_course["scores"][PARTIAL]["score"] == 1.5
+    assert nbgrader_course["scores"][FULL]["score"] == _max_points(FULL)
