@@ -1,7 +1,7 @@
 """Checkers of notebook 01: boxes, IoU, encoding, NMS."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable
 
 import torch
 from torch import Tensor

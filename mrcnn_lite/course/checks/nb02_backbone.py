@@ -1,13 +1,13 @@
 """Checkers of notebook 02: the Bottleneck block."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict
 
 import torch
 from torch import Tensor
 
 from ...model.backbone import Bottleneck, FrozenBatchNorm2d
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
+from .engine import SEEDS, CheckResult, gen, run_check
 
 
 def _randomize(module: torch.nn.Module, g: torch.Generator) -> None:

@@ -1,15 +1,14 @@
 """Checkers of notebook 03: the FPN top-down pass."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Callable, List, Sequence
 
 import torch
 from torch import Tensor
 
-from collections import OrderedDict
-
 from ...model.fpn import FeaturePyramidNetwork
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
+from .engine import SEEDS, CheckResult, gen, run_check
 
 
 def reference_fpn_top_down(laterals: Sequence[Tensor]) -> List[Tensor]:

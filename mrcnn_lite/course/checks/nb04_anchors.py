@@ -1,13 +1,13 @@
 """Checkers of notebook 04: anchors."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
 
 from ...model.anchors import generate_base_anchors, grid_anchors
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
+from .engine import SEEDS, CheckResult, gen, run_check
 
 
 def _base_anchor_cases():

@@ -1,14 +1,14 @@
 """Checkers of notebook 05: the RPN loss."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import Tensor
 
 from ...model.anchors import AnchorGenerator
 from ...model.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check, run_parts
+from .engine import SEEDS, CheckResult, gen, run_check, run_parts
 
 
 def reference_rpn_loss(objectness: Tensor, pred_bbox_deltas: Tensor, labels: Tensor, regression_targets: Tensor,

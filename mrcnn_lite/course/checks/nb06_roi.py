@@ -1,7 +1,7 @@
 """Checkers of notebook 06: bilinear sampling and RoIAlign."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor

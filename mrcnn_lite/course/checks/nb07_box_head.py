@@ -1,7 +1,7 @@
 """Checkers of notebook 07: the box head (Fast R-CNN loss, class-specific decoding)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch import Tensor

@@ -1,7 +1,7 @@
 """Checkers of notebook 08: mask targets from the proposals."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable
 
 import torch
 from torch import Tensor

@@ -1,12 +1,11 @@
 """Checkers of notebook 11: COCO's AP of one precision-recall curve."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import torch
-from torch import Tensor
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .engine import SEEDS, CheckResult, gen, run_check
 

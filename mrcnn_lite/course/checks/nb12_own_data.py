@@ -1,13 +1,12 @@
 """Checkers of notebook 12: your own data (uncompressed COCO RLE)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import torch
-from torch import Tensor
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
+from torch import Tensor
 
 from .engine import SEEDS, CheckResult, gen, random_masks, run_check
 
