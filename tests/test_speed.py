@@ -18,7 +18,7 @@ from mrcnn_lite.bench import HostSyncCounter
 from mrcnn_lite.data.shapes import ShapesDataset
 from mrcnn_lite.model.backbone import FrozenBatchNorm2d, fold_frozen_bn, resnet_fpn_backbone
 from mrcnn_lite.model.mask_rcnn import compile_backbone
-from mrcnn_lite.model.rpn import BalancedPositiveNegativeSampler, Matcher
+from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 from mrcnn_lite.model.transform import resize_boxes
 
 from test_backbone import randomise_norm_stats
@@ -192,7 +192,7 @@ def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32():
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_fold_frozen_bn_backbone(dtype, rtol):
+def test_fold_frozen_bn_backbone(dtype, rtol, randomise_norm_stats):
     """float64: folding is exact to rounding (measured 6e-15 relative on ResNet-50). float32: the conv sums
     differently rounded products; measured 1.4e-6 relative to the largest output, allowed 2e-5."""
     torch.manual_seed(0)
@@ -211,7 +211,7 @@ def test_fold_frozen_bn_backbone(dtype, rtol):
         assert ((a[k] - b[k]).abs().max() / a[k].abs().max()).item() < rtol, k
 
 
-def test_fold_frozen_bn_tiny_model_same_detections_and_channels_last(shapes_batch):
+def test_fold_frozen_bn_tiny_model_same_detections_and_channels_last(shapes_batch, randomise_norm_stats):
     images, _ = shapes_batch
     model = _tiny().double().eval()
     randomise_norm_stats(model, seed=2)
