@@ -17,7 +17,6 @@ import torchvision.ops as tvo  # noqa: E402
 from torchvision.ops.poolers import LevelMapper  # noqa: E402
 
 from mrcnn_lite import fast  # noqa: E402
-from mrcnn_lite.fast.roi_align import _weighted_rows  # noqa: E402
 from mrcnn_lite.ops.poolers import MultiScaleRoIAlign, infer_scale, map_levels, setup_scales  # noqa: E402
 from mrcnn_lite.ops.roi_ops import roi_align, roi_pool  # noqa: E402
 
@@ -88,25 +87,6 @@ def test_roi_align_matches_torchvision_forward_and_backward(dtype, roi_align_fn)
     print(f"\n{roi_align_fn.__module__} {dtype}: {cases} cases, "
           f"worst rel err forward {worst_f:.2e}, input-grad {worst_b:.2e}")
     assert worst_f < TOL and worst_b < TOL
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_weighted_rows_is_the_written_out_weighted_gather(dtype):
-    """roi_align's one contact with the features (embedding_bag) equals gather-weight-sum, forward and backward."""
-    g = torch.Generator().manual_seed(3)
-    feat = torch.randn(50, 6, generator=g, dtype=dtype, requires_grad=True)
-    index = torch.randint(0, 50, (40, 16), generator=g)
-    index[0] = 7  # one row reads the same cell 16 times: the weights must add up
-    weight = torch.rand(40, 16, generator=g, dtype=dtype)
-    weight[1] = 0  # and a row with no weight at all is exactly zero
-    ours = _weighted_rows(feat, index, weight)
-    ref = (feat[index] * weight[:, :, None]).sum(dim=1)
-    assert ours.shape == (40, 6) and torch.equal(ours[1], torch.zeros(6, dtype=dtype))
-    torch.testing.assert_close(ours[0], feat[7] * weight[0].sum())
-    torch.testing.assert_close(ours, ref)
-    go = torch.randn(40, 6, generator=g, dtype=dtype)
-    torch.testing.assert_close(grads(ours, feat, go), grads(ref, feat, go))
-    assert _weighted_rows(feat, index[:0], weight[:0]).shape == (0, 6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
