@@ -11,6 +11,15 @@ or ``"fast"`` (the default: ``mrcnn_lite.fast``); both give the same numbers.
 from . import config, ops
 from .model.interop import from_torchvision
 from .model.mask_rcnn import build_model, maskrcnn_resnet50_fpn
-from .engine.checkpoint import load_checkpoint
 
 __version__ = "0.1.0"
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """``mrcnn_lite.engine.checkpoint.load_checkpoint``: a trained model rebuilt from its ``checkpoint.pt``.
+
+    Imported when called, so that ``import mrcnn_lite`` (the model and its ops) does not need the
+    training and evaluation stack (pycocotools).
+    """
+    from .engine.checkpoint import load_checkpoint as load
+    return load(path, map_location=map_location)

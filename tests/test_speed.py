@@ -323,29 +323,6 @@ def test_host_reads_per_training_step_and_inference(shapes_batch):
     assert counter.total == sum(INFERENCE_READS.values()), dict(counter.counts)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs are only observable on CUDA")
-def test_no_sync_in_sync_free_stages_on_cuda():
-    dev = torch.device("cuda")
-    quality = torch.rand(2, 3, 500, device=dev)
-    boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0]], device=dev)
-    bn = CachedFrozenBatchNorm2d(8).to(dev)
-    x = torch.randn(1, 8, 4, 4, device=dev)
-    bn(x)  # the first call computes (and checks) scale and shift
-    transform = _tiny().transform.to(dev)
-    transform.normalize(torch.rand(3, 8, 8, device=dev))
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        Matcher(0.7, 0.3, allow_low_quality_matches=True)(quality)
-        coder = ops.BoxCoder((10.0, 10.0, 5.0, 5.0))
-        coder.decode_single(coder.encode_single(boxes + 1, boxes), boxes)
-        resize_boxes(boxes, (100, 100), (200, 150))
-        bn(x)
-        transform.normalize(torch.rand(3, 8, 8, device=dev))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
 # ================================================================================================ torch.compile
 def test_compile_backbone_traces_as_one_graph_and_keeps_results(shapes_batch):
     """The ``eager`` backend runs TorchDynamo's tracing (``fullgraph=True``: no graph break allowed) without the
