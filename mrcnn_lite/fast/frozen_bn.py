@@ -72,8 +72,8 @@ def fold_frozen_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
         inplace: fold ``model`` itself; by default a deep copy is folded and returned.
 
     Returns the folded model: same outputs up to float rounding (the products are computed in float64
-    and rounded once, but the conv then sums differently rounded terms: about 1e-6 relative in float32,
-    1e-15 in float64). Meant for inference: its state dict has conv biases and no norm buffers, so it no
+    and rounded once, but the conv then sums differently rounded terms; tests/test_speed.py bounds the
+    difference). Meant for inference: its state dict has conv biases and no norm buffers, so it no
     longer loads torchvision's checkpoints; fold after loading. Training it would not be the same as
     training the unfolded model (the gradient w.r.t. ``W * scale`` differs from that w.r.t. ``W``).
     """

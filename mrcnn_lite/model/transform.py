@@ -221,22 +221,33 @@ class GeneralizedRCNNTransform(nn.Module):
         image_shapes: List[Tuple[int, int]],
         original_image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Tensor]]:
-        """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
-
-        boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1].
-        Does nothing in training mode (there are no detections then).
-        """
+        """``postprocess`` (the function below) with this transform's mask paster; nothing in training mode
+        (there are no detections then)."""
         if self.training:
             return result
-        for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
-            boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
-            result[i]["boxes"] = boxes
-            if "masks" in pred:
-                result[i]["masks"] = self.paste_masks(pred["masks"], boxes, o_im_s)
-        return result
+        return postprocess(result, image_shapes, original_image_sizes, self.paste_masks)
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(\n    Normalize(mean={self.image_mean}, std={self.image_std})\n"
             f"    Resize(min_size={self.min_size}, max_size={self.max_size}, mode='bilinear')\n)"
         )
+
+
+def postprocess(
+    result: List[Dict[str, Tensor]],
+    image_shapes: List[Tuple[int, int]],
+    original_image_sizes: List[Tuple[int, int]],
+    paste_masks: Callable[[Tensor, Tensor, Tuple[int, int]], Tensor] = paste_masks_in_image,
+) -> List[Dict[str, Tensor]]:
+    """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
+
+    boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1]
+    (``paste_masks``). The dicts of ``result`` are updated and returned.
+    """
+    for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
+        boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
+        result[i]["boxes"] = boxes
+        if "masks" in pred:
+            result[i]["masks"] = paste_masks(pred["masks"], boxes, o_im_s)
+    return result
