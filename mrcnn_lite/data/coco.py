@@ -478,13 +478,22 @@ class CocoInstances(torch.utils.data.Dataset):
 
     @property
     def coco(self):
-        """A pycocotools ``COCO`` object over the same annotations (built once, on first use)."""
+        """A pycocotools ``COCO`` object over the same annotations (built once, on first use).
+
+        This is the ground truth ``engine.evaluate`` scores against: every annotation of the file,
+        crowds included, with the segmentation as stored (RLE or polygons, never decoded masks).
+        Annotations dropped as degenerate are left out; a missing ``area`` is the bbox's area and a
+        missing ``iscrowd`` is 0 (pycocotools needs both).
+        """
         if getattr(self, "_coco", None) is None:
             from pycocotools.coco import COCO
             import contextlib
             import io
+            anns = [a if "area" in a and "iscrowd" in a else
+                    {"area": float(a["bbox"][2] * a["bbox"][3]), "iscrowd": 0, **a}
+                    for a in self.dataset["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
             coco = COCO()
-            coco.dataset = self.dataset
+            coco.dataset = {**self.dataset, "annotations": anns}
             with contextlib.redirect_stdout(io.StringIO()):  # it prints "creating index..."
                 coco.createIndex()
             self._coco = coco
