@@ -283,9 +283,12 @@ class Trainer:
         return losses
 
     def _save_due(self) -> bool:
-        """Is the state now (before the next step) one to checkpoint? Epoch ends and every save_every steps."""
-        if self.global_step == 0 or self.saved_step == self.global_step:
+        """Is the state now (before the next step) one to checkpoint? Epoch ends and every save_every
+        steps, counting the start (so a run that diverges at once still leaves a checkpoint to resume)."""
+        if self.saved_step == self.global_step:
             return False
+        if self.global_step == 0:
+            return bool(self.cfg.save_every)
         return self.epoch_samples == 0 or bool(self.cfg.save_every and self.global_step % self.cfg.save_every == 0)
 
     def train_one_epoch(self) -> Dict[str, float]:
@@ -415,8 +418,11 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
+            # torch lists every mismatch on its own line after a header; the first one says enough
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             raise ValueError(f"cannot resume from {path}: its weights do not fit this model "
-                             f"({str(e).splitlines()[0]} ...)") from e
+                             f"({lines[1] if len(lines) > 1 else lines[0]}"
+                             f"{' ...' if len(lines) > 2 else ''})") from e
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
