@@ -215,7 +215,7 @@ def test_train_with_an_unreadable_image_stops_in_one_line(tmp_path):
 
 
 def test_large_category_ids_train_predict_and_evaluate_with_their_mapping(tmp_path):
-    ds = ShapesDataset(4, seed=3)
+    ds = ShapesDataset(2, image_size=64, seed=3)
     export_coco(ds, tmp_path, "train", class_names=CLASSES)
     ann = tmp_path / "train" / "annotations.json"
     data = json.loads(ann.read_text())
@@ -233,7 +233,7 @@ def test_large_category_ids_train_predict_and_evaluate_with_their_mapping(tmp_pa
     assert state["model_config"]["num_classes"] == 4  # not 10 million
     assert state["meta"]["label_to_category"] == [0, 42, 10**7, 10**7 + 5]
     assert state["meta"]["class_names"] == ["__background__", "triangle", "circle", "square"]
-    assert main(["predict", "--checkpoint", str(out / "checkpoint.pt"), str(tmp_path / "train" / "images"),
+    assert main(["predict", "--checkpoint", str(out / "checkpoint.pt"), str(tmp_path / "train" / "images" / "000000.png"),
                  "--out", str(tmp_path / "pred"), "--score-thresh", "0"]) == 0
     dets = [d for r in json.loads((tmp_path / "pred" / "detections.json").read_text()) for d in r["detections"]]
     assert dets and all(d["category_id"] == [0, 42, 10**7, 10**7 + 5][d["label"]] for d in dets)

@@ -360,6 +360,8 @@ class Trainer:
         if self.rank == 0 and self.saved_step != self.global_step:
             # The end of the run: no next step will vouch for these weights, so check them directly.
             self.save(self.checkpoint_path)
+        if self.rank == 0 and self.history["train"] and not (self.out_dir / "losses.png").exists():
+            self.write_metrics()  # e.g. a resumed run that had nothing left to do
         return self.history
 
     # ----------------------------------------------------------------- state
@@ -393,7 +395,7 @@ class Trainer:
                                      f"the last good checkpoint is kept")
         path = save_checkpoint(state, path)
         self.saved_step = self.global_step
-        self.write_metrics()
+        self.write_metrics(plot=False)  # the numbers with every checkpoint; the picture once an epoch
         return path
 
     def load(self, path) -> None:
@@ -457,9 +459,9 @@ class Trainer:
                 print(f"note: resuming {path} at step {self.global_step} with changed settings: "
                       + ", ".join(self.resume_changes), flush=True)
 
-    def write_metrics(self) -> None:
-        """``metrics.json`` (everything), ``metrics.csv`` (one row per step) and ``losses.png``, each
-        written atomically."""
+    def write_metrics(self, plot: bool = True) -> None:
+        """``metrics.json`` (everything), ``metrics.csv`` (one row per step) and (``plot``)
+        ``losses.png``, each written atomically."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out_dir / "metrics.json", json.dumps(self.history, indent=1))
         rows = self.history["train"]
@@ -469,7 +471,8 @@ class Trainer:
             w.writeheader()
             w.writerows(rows)
             atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
-            plot_losses(rows, self.out_dir / "losses.png")
+            if plot:
+                plot_losses(rows, self.out_dir / "losses.png")
 
 
 def plot_losses(rows: List[dict], path=None, ax=None):
