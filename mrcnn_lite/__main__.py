@@ -102,8 +102,13 @@ def _check_out_file(path: Path, arg: str = "--out") -> None:
 
 def _one_line(err: BaseException) -> str:
     """The first line of an exception's message: the CLI prints one clear line, not a traceback."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1:
+        # re-raised from a DataLoader worker: the original message is the traceback's last line
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0]
 
 
 # ----------------------------------------------------------------------------------- shapes
