@@ -23,9 +23,11 @@ from mrcnn_lite.engine import (NonFiniteLossError, TrainConfig, Trainer, coco_fr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ToyDetector(p_drop=0.3, **kw):
+class ToyDetector(_ToyDetector):
     """The course's toy detector (one definition, shared with the training checker), with dropout."""
-    return _ToyDetector(p_drop=p_drop, **kw)
+
+    def __init__(self, p_drop=0.3, **kw):
+        super().__init__(p_drop=p_drop, **kw)
 
 
 class ToyData(torch.utils.data.Dataset):

@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict
 import torch
 from torch import Tensor
 
-from ...model.backbone import Bottleneck, FrozenBatchNorm2d
+from ...model.backbone import Bottleneck
+from ...model.frozen_bn import FrozenBatchNorm2d
 from .engine import SEEDS, CheckResult, gen, run_check
 
 
@@ -97,6 +98,6 @@ def _frozen_bn_cases():
 
 def check_frozen_bn_lab(fn: Callable, points: float = 2, name: str = "frozen_bn_lab") -> CheckResult:
     """Lab: ``fn(x (N, C, H, W), weight, bias, running_mean, running_var (C,), eps) -> (N, C, H, W)``, against
-    ``mrcnn_lite.model.backbone.FrozenBatchNorm2d``."""
+    ``mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d``."""
     return run_check(name, fn, reference_frozen_bn, _frozen_bn_cases(), points, atol=1e-5, rtol=1e-5,
-                     what="mrcnn_lite.model.backbone.FrozenBatchNorm2d")
+                     what="mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d")

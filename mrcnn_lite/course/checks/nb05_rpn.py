@@ -6,21 +6,17 @@ from typing import Callable, Dict, Tuple
 import torch
 from torch import Tensor
 
-from ...model.anchors import AnchorGenerator
-from ...model.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from ...model.rpn import rpn_loss
+from ...model.rpn_head import concat_box_prediction_layers
 from .engine import SEEDS, CheckResult, gen, run_check, run_parts
 
 
 def reference_rpn_loss(objectness: Tensor, pred_bbox_deltas: Tensor, labels: Tensor, regression_targets: Tensor,
                        pos_mask: Tensor, neg_mask: Tensor) -> Tuple[Tensor, Tensor]:
-    """``RegionProposalNetwork.compute_loss`` for one image, with the sampled anchors given
-    (``pos_mask``, ``neg_mask`` instead of a random draw). Returns ``(objectness_loss, box_loss)``."""
-    rpn = RegionProposalNetwork(AnchorGenerator(((32,),), ((1.0,),)), RPNHead(1, 1), fg_iou_thresh=0.7,
-                                bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
-                                pre_nms_top_n=dict(training=1, testing=1), post_nms_top_n=dict(training=1, testing=1),
-                                nms_thresh=0.7)
-    rpn.fg_bg_sampler = lambda labels: ([pos_mask], [neg_mask])     # the given sample instead of a random one
-    return rpn.compute_loss(objectness[None], pred_bbox_deltas[None], [labels], [regression_targets])
+    """``rpn.rpn_loss`` for one image, with the sampled anchors given as masks (instead of a random draw).
+    Returns ``(objectness_loss, box_loss)``."""
+    return rpn_loss(objectness, pred_bbox_deltas, labels, regression_targets,
+                    torch.where(pos_mask)[0], torch.where(neg_mask)[0])
 
 
 def _rpn_loss_inputs(n: int, n_pos: int, n_neg: int, g: torch.Generator) -> Dict[str, Tensor]:
@@ -57,7 +53,7 @@ def check_rpn_loss(fn: Callable, points: float = 3, name: str = "rpn_loss") -> C
     """``fn(objectness (N,), pred_bbox_deltas (N, 4), labels (N,), regression_targets (N, 4),
     pos_mask (N,) bool, neg_mask (N,) bool) -> (objectness_loss, box_loss)``."""
     return run_check(name, fn, reference_rpn_loss, _rpn_loss_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="RegionProposalNetwork.compute_loss")
+                     what="mrcnn_lite.model.rpn.rpn_loss")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ def check_rpn_loss(fn: Callable, points: float = 3, name: str = "rpn_loss") -> C
 # ----------------------------------------------------------------------------------------------
 def reference_flatten_head(objectness: Tensor, pred_bbox_deltas: Tensor) -> Tuple[Tensor, Tensor]:
     """One level's ``objectness (B, A, H, W)`` and ``pred_bbox_deltas (B, 4 A, H, W)`` -> ``(B, H W A)`` and
-    ``(B, H W A, 4)`` in the anchors' order (y -> x -> anchor): ``rpn.concat_box_prediction_layers``."""
+    ``(B, H W A, 4)`` in the anchors' order (y -> x -> anchor): ``rpn_head.concat_box_prediction_layers``."""
     return concat_box_prediction_layers([objectness], [pred_bbox_deltas])
 
 
@@ -91,4 +87,4 @@ def check_flatten_head_lab(fn: Callable, points: float = 3, name: str = "flatten
     the points for the objectness, 2/3 for the deltas."""
     return run_parts(name, fn, reference_flatten_head, _flatten_cases(),
                      [("objectness", points / 3, lambda out: out[0]), ("deltas", 2 * points / 3, lambda out: out[1])],
-                     exact=True, what="mrcnn_lite.model.rpn.concat_box_prediction_layers")
+                     exact=True, what="mrcnn_lite.model.rpn_head.concat_box_prediction_layers")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops
-from ...ops.roi_ops import map_levels
+from ...ops.poolers import map_levels
 from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
 
 
@@ -81,7 +81,7 @@ def check_roi_align_one_box(fn: Callable, points: float = 3, name: str = "roi_al
 # ----------------------------------------------------------------------------------------------
 def reference_level_for_boxes(boxes: Tensor, k_min: int, k_max: int) -> Tensor:
     """FPN eq. 1 for ``boxes (K, 4)`` -> the pyramid level ``k (K,)`` int64 of each, in ``[k_min, k_max]``:
-    ``mrcnn_lite.ops.map_levels`` (which returns ``k - k_min``) plus ``k_min``."""
+    ``mrcnn_lite.ops.poolers.map_levels`` (which returns ``k - k_min``) plus ``k_min``."""
     return map_levels([boxes], k_min, k_max) + k_min
 
 
@@ -104,6 +104,6 @@ def _level_cases():
 
 
 def check_level_lab(fn: Callable, points: float = 2, name: str = "level_lab") -> CheckResult:
-    """Lab: ``fn(boxes (K, 4), k_min, k_max) -> levels (K,)`` int64, against ``mrcnn_lite.ops.map_levels``."""
+    """Lab: ``fn(boxes (K, 4), k_min, k_max) -> levels (K,)`` int64, against ``mrcnn_lite.ops.poolers.map_levels``."""
     return run_check(name, fn, reference_level_for_boxes, _level_cases(), points, exact=True,
-                     what="mrcnn_lite.ops.map_levels (FPN eq. 1, k0 = 4, canonical size 224)")
+                     what="mrcnn_lite.ops.poolers.map_levels (FPN eq. 1, k0 = 4, canonical size 224)")

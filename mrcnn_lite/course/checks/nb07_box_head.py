@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ... import ops
 from ...model.box_head import add_gt_proposals, assign_targets_to_proposals, fastrcnn_loss
+from ...model.matching import BalancedPositiveNegativeSampler, Matcher
 from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
 
 
@@ -90,8 +91,6 @@ def reference_training_proposals(proposals: Tensor, gt_boxes: Tensor, gt_labels:
     """``proposals (P, 4)``, ``gt_boxes (n, 4)``, ``gt_labels (n,)`` -> the proposals the box head trains on and
     their class labels: ``box_head.add_gt_proposals`` then ``box_head.assign_targets_to_proposals`` with the
     box head's matcher (IoU >= 0.5: the GT's class, below: background 0)."""
-    from ...model.rpn import Matcher
-
     proposals = add_gt_proposals([proposals], [gt_boxes])[0]
     _, labels = assign_targets_to_proposals([proposals], [gt_boxes], [gt_labels], Matcher(0.5, 0.5, False))
     return proposals, labels[0]
@@ -130,8 +129,6 @@ def check_training_proposals_lab(fn: Callable, points: float = 2, name: str = "t
 def reference_sample_counts(labels: Tensor, batch_size_per_image: int, positive_fraction: float) -> Tensor:
     """How many positives and negatives the package's ``BalancedPositiveNegativeSampler`` draws from
     ``labels (N,)`` (>= 1 positive, 0 negative, -1 ignored): ``[num_pos, num_neg]``."""
-    from ...model.rpn import BalancedPositiveNegativeSampler
-
     pos, neg = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)([labels])
     return torch.tensor([int(pos[0].sum()), int(neg[0].sum())])
 

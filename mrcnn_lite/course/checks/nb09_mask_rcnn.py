@@ -6,13 +6,13 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ...model.mask_head import paste_masks_in_image
+from ...model.transform import paste_masks_in_image
 from .engine import SEEDS, CheckResult, gen, run_check
 
 
 def reference_paste_mask(mask: Tensor, box: Sequence[float], image_size: Tuple[int, int]) -> Tensor:
     """``mask (M, M)`` probabilities pasted into ``box (x1, y1, x2, y2)`` on an ``image_size (H, W)`` canvas
-    -> ``(H, W)``, zero outside the box: ``mask_head.paste_masks_in_image`` for one mask."""
+    -> ``(H, W)``, zero outside the box: ``transform.paste_masks_in_image`` for one mask."""
     boxes = torch.as_tensor([[float(v) for v in box]], dtype=mask.dtype)
     return paste_masks_in_image(mask[None, None], boxes, tuple(image_size))[0, 0]
 
@@ -40,6 +40,6 @@ def _paste_cases():
 
 def check_paste_mask(fn: Callable, points: float = 3, name: str = "paste_mask") -> CheckResult:
     """``fn(mask (M, M), box (x1, y1, x2, y2), image_size (H, W)) -> (H, W)``, against
-    ``mrcnn_lite.model.mask_head.paste_masks_in_image``."""
+    ``mrcnn_lite.model.transform.paste_masks_in_image``."""
     return run_check(name, fn, reference_paste_mask, _paste_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.model.mask_head.paste_masks_in_image")
+                     what="mrcnn_lite.model.transform.paste_masks_in_image")

@@ -6,21 +6,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ...engine.trainer import TrainConfig, Trainer, lr_factor
+from ...engine.trainer import TrainConfig, lr_factor, train_step
 from ..toy_detector import ToyDetector
 from .engine import SEEDS, CheckResult, Fresh, gen, run_check
 
 
 def reference_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: List[Tensor],
                          targets: List[Dict[str, Tensor]], clip_grad_norm: Optional[float] = None) -> Dict[str, float]:
-    """One training step of the package's Trainer on the whole batch (no AMP, one process, a constant
-    learning rate): forward, sum the loss terms, ``zero_grad``, backward, clip the gradient norm if asked,
-    step. Returns the loss terms and their sum ``"loss"`` as plain floats."""
-    trainer = Trainer(model, [None], TrainConfig(clip_grad_norm=clip_grad_norm, progress=False),
-                      out_dir="(no checkpoint)", device=next(model.parameters()).device)
-    trainer.optimizer = optimizer                          # the caller's optimizer, at its own learning rate
-    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    return trainer.train_step(images, targets)
+    """One training step of the package's Trainer on the whole batch (no AMP, one process): forward, sum
+    the loss terms, ``zero_grad``, backward, clip the gradient norm if asked, step. Returns the loss terms
+    and their sum ``"loss"`` as plain floats: ``mrcnn_lite.engine.trainer.train_step``."""
+    return train_step(model, optimizer, images, targets, clip_grad_norm=clip_grad_norm)
 
 
 def reference_train_step_accumulate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: List[Tensor],
@@ -126,7 +122,7 @@ def check_train_step_accumulate(fn: Callable, points: float = 4, name: str = "tr
     hence ``rtol=1e-6``; a wrong step changes the numbers far more.)"""
     return run_check(name, fn, reference_train_step_accumulate, _train_step_cases(), points, atol=1e-9, rtol=1e-6,
                      call=_call_train_step,
-                     what="one mrcnn_lite.engine.Trainer step on the whole batch (losses of 3 steps, then the weights)")
+                     what="one mrcnn_lite.engine.trainer.train_step on the whole batch (losses of 3 steps, then the weights)")
 
 
 def reference_lr_at(it: int, total: int, base_lr: float, warmup_iters: int, warmup_factor: float) -> float:
