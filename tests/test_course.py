@@ -597,7 +597,7 @@ def nbgrader_course(tmp_path_factory):
         "c = get_config()\n"
         f"c.CourseDirectory.root = {str(root)!r}\n"
         "c.CourseDirectory.course_id = 'mrcnn_lite'\n"
-        "c.ExecutePreprocessor.timeout = 300\n")
+        "c.Execute.timeout = 300\n")
     source = root / "source" / "mrcnn"
     source.mkdir(parents=True)
     for name in (PARTIAL, FULL):
