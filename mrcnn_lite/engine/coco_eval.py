@@ -103,23 +103,56 @@ def coco_summary(coco_gt: COCO, results: List[dict], iou_type: str, verbose: boo
     return {k: float(v) for k, v in zip(METRICS, ev.stats[:6])}
 
 
-@torch.no_grad()
-def evaluate(model, dataset, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
-             verbose: bool = False, num_classes: Optional[int] = None) -> Dict[str, Dict[str, float]]:
-    """Run ``model`` (eval mode) over ``dataset`` and return COCO ``{"bbox": {...}, "segm": {...}}``.
+def _num_classes_of(model) -> Optional[int]:
+    """Classes (incl. background) of an mrcnn_lite model (its config) or a torchvision-style one (its box predictor)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None:
+        return cfg.num_classes
+    cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
+    return getattr(cls_score, "out_features", None)
 
-    ``num_classes`` defaults to ``model.cfg.num_classes`` when the model has a config.
+
+def _batches(data, batch_size: int):
+    """``(images, targets)`` batches from a dataset (indexable, items ``(image, target)``) or from an iterable
+    of batches such as a ``DataLoader`` with torchvision's ``collate_fn`` (``tuple(zip(*batch))``)."""
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # a Dataset; a DataLoader has no __getitem__
+        for start in range(0, len(data), batch_size):
+            items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            yield [img for img, _ in items], [t for _, t in items]
+    else:
+        for i, batch in enumerate(data):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TypeError(f"evaluate: batch {i} of the data loader must be (images, targets), "
+                                f"got {type(batch).__name__}")
+            yield list(batch[0]), list(batch[1])
+
+
+@torch.no_grad()
+def evaluate(model, data, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
+             verbose: bool = False, num_classes: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+    """Run ``model`` (eval mode) over ``data`` and return COCO ``{"bbox": {...}, "segm": {...}}``.
+
+    Takes what torchvision's ``references/detection/engine.evaluate(model, data_loader, device)`` takes:
+    ``model`` an mrcnn_lite or torchvision detection model (or one wrapped in DistributedDataParallel);
+    ``data`` a ``DataLoader`` yielding ``(images, targets)`` batches, or a dataset of ``(image, target)``
+    items (read ``batch_size`` at a time); targets need ``boxes``, ``labels``, ``image_id`` (int or tensor)
+    and, for mask AP, ``masks``. ``segm`` is scored when the model returns masks.
+
+    ``num_classes`` (incl. background) defaults to the model's: its config, else its box predictor's outputs.
     """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     if num_classes is None:
-        num_classes = model.cfg.num_classes
+        num_classes = _num_classes_of(model)
+    if num_classes is None:
+        raise ValueError("evaluate: cannot tell the model's number of classes; pass num_classes=")
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     targets, sizes, results = [], [], {"bbox": [], "segm": []}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = [img.to(device) for img, _ in items]
-        outputs = model(images)
-        for (img, target), output in zip(items, outputs):
+    for images, batch_targets in _batches(data, batch_size):
+        outputs = model([img.to(device) for img in images])
+        for img, target, output in zip(images, batch_targets, outputs):
             targets.append(target)
             sizes.append(tuple(img.shape[-2:]))
             res = detections_to_coco(int(target["image_id"]), output, mask_threshold)
