@@ -135,7 +135,7 @@ def test_evaluate_takes_a_torchvision_model_and_loader(coco_folder):
 
     torch.manual_seed(0)
     tv = MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None), num_classes=NUM_CLASSES,
-                  min_size=128, max_size=128, box_score_thresh=0.0)
+                  min_size=128, max_size=128, box_detections_per_img=5)
     _, data_loader_test = _loaders(coco_folder)
     a = evaluate(tv, data_loader_test, torch.device("cpu"))
     b = evaluate(ml.from_torchvision(tv), data_loader_test, torch.device("cpu"))

