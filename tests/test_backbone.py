@@ -65,7 +65,7 @@ def r50_pair():
 
 # ---------------------------------------------------------------------------------------------- state dict
 def test_r50_fpn_state_dict_keys_and_shapes_equal_torchvision():
-    ours = ml.maskrcnn_resnet50_fpn(num_classes=91).backbone.state_dict()
+    ours = resnet_fpn_backbone(config.r50_fpn()).state_dict()  # the COCO v1 layout (FrozenBatchNorm2d)
     ref = tv_r50_fpn_backbone().state_dict()
     assert set(ours) == set(ref)
     assert list(ours) == list(ref)  # same order too

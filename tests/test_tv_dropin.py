@@ -40,12 +40,16 @@ COCO_V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"  # the file name of tor
 
 
 def _norm_layers(model):
-    """{class name: count} of the normalisation layers of the ResNet body."""
+    """{kind: count} of the normalisation layers of the ResNet body (torchvision's or ours)."""
     counts = {}
     for m in model.backbone.body.modules():
-        name = type(m).__name__
-        if "Norm" in name:
-            counts[name] = counts.get(name, 0) + 1
+        if isinstance(m, (FrozenBatchNorm2d, TVFrozenBatchNorm2d)):  # incl. the fast floor's subclass
+            kind = "FrozenBatchNorm2d"
+        elif isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            kind = type(m).__name__
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 
@@ -104,6 +108,22 @@ def test_builder_takes_torchvision_keywords():
     assert ml.maskrcnn_resnet50_fpn().roi_heads.box_predictor.cls_score.out_features == 91  # torchvision's default
     with pytest.raises(TypeError, match="not_a_field"):
         ml.maskrcnn_resnet50_fpn(num_classes=3, not_a_field=1)
+
+
+def test_builder_takes_torchvision_module_keywords():
+    """torchvision's MaskRCNN keywords that are modules replace the model's parts; the model trains with them."""
+    sizes = ((16,), (32,), (64,), (128,), (256,))
+    anchors = detection.AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
+    mask_predictor = tv_mask_rcnn.MaskRCNNPredictor(256, 128, 2)
+    box_predictor = tv_faster_rcnn.FastRCNNPredictor(1024, 2)
+    model = ml.maskrcnn_resnet50_fpn(rpn_anchor_generator=anchors, box_predictor=box_predictor,
+                                     mask_predictor=mask_predictor, min_size=200, max_size=300)
+    assert model.rpn.anchor_generator is anchors and model.roi_heads.mask_predictor is mask_predictor
+    assert model.roi_heads.box_predictor is box_predictor and model.num_classes == 2  # from the box predictor
+    losses = _train_losses(model, *_sample())
+    assert all(math.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="box_predictor"):
+        ml.maskrcnn_resnet50_fpn(num_classes=5, box_predictor=box_predictor)
 
 
 def test_trainable_backbone_layers_follow_torchvision():
@@ -175,8 +195,12 @@ def test_weights_enum_reads_only_the_local_cache(tv_coco_layout, tmp_path, monke
     assert model.roi_heads.box_predictor.cls_score.out_features == 91
     assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
     assert torch.equal(model.rpn.head.cls_logits.weight, tv_coco_layout.rpn.head.cls_logits.weight.float())
-    with pytest.raises(ValueError, match="weights"):
-        ml.maskrcnn_resnet50_fpn(weights="NOT_A_WEIGHT_NAME")
+    with pytest.raises(FileNotFoundError, match="NOT_A_FILE"):  # neither a file nor a weights name
+        ml.maskrcnn_resnet50_fpn(weights="NOT_A_FILE")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ml.maskrcnn_resnet50_fpn(weights=tmp_path / "missing.pth")
+    with pytest.raises(TypeError, match="weights"):
+        ml.maskrcnn_resnet50_fpn(weights=3)
 
 
 # ----------------------------------------------------------------------------------------------------

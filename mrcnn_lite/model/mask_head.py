@@ -19,7 +19,7 @@ Pieces, in the order they are used (names as in torchvision and the paper):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +35,23 @@ class MaskRCNNHeads(nn.Sequential):
     exactly as torchvision's ``MaskRCNNHeads`` (built from ``Conv2dNormActivation`` without a norm layer).
     """
 
-    def __init__(self, in_channels: int, layers: Sequence[int], dilation: int = 1):
+    def __init__(self, in_channels: int, layers: Sequence[int], dilation: int = 1,
+                 norm_layer: Optional[Callable[[int], nn.Module]] = None):
         blocks = []
         next_feature = in_channels
         for layer_features in layers:
-            conv = nn.Conv2d(next_feature, layer_features, kernel_size=3, stride=1, padding=dilation, dilation=dilation)
-            blocks.append(nn.Sequential(conv, nn.ReLU(inplace=True)))
+            # With a norm layer (torchvision's v2 heads) the conv has no bias: the norm's shift replaces it.
+            conv = nn.Conv2d(next_feature, layer_features, kernel_size=3, stride=1, padding=dilation,
+                             dilation=dilation, bias=norm_layer is None)
+            norm = [] if norm_layer is None else [norm_layer(layer_features)]
+            blocks.append(nn.Sequential(conv, *norm, nn.ReLU(inplace=True)))
             next_feature = layer_features
         super().__init__(*blocks)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 class MaskRCNNPredictor(nn.Sequential):

@@ -12,12 +12,11 @@ Training returns the five losses ``loss_classifier, loss_box_reg, loss_mask, los
 loss_rpn_box_reg``; evaluation returns one dict per image with ``boxes (m, 4)``, ``labels (m,)``,
 ``scores (m,)`` and ``masks (m, 1, H, W)`` (soft, in [0, 1]; threshold at 0.5 for a binary mask).
 
-Module names follow torchvision, so ``maskrcnn_resnet50_fpn(num_classes=91)`` has exactly the 307
-state-dict keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads),
-loading it is one line::
+Module names follow torchvision, so ``build_model(config.r50_fpn(91))`` has exactly the 307 state-dict
+keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads), loading it
+is one line, with torchvision's builder and keywords (``maskrcnn_resnet50_fpn`` below)::
 
-    model = ml.maskrcnn_resnet50_fpn(num_classes=91)
-    model.load_state_dict(torch.load("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", weights_only=True))
+    model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
 ``forward(images, targets, return_intermediates=True)`` also returns a dict of every stage's results
 (transformed images, features, anchors, proposals, sampled RoIs, logits, detections before
@@ -25,14 +24,19 @@ post-processing, ...) for the notebooks.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import config as _config
+from .. import ops
 from ..ops import BoxCoder, MultiScaleRoIAlign, box_dtype
 from .backbone import resnet_fpn_backbone
+from . import box_head as _box_head
 from .box_head import FastRCNNPredictor, TwoMLPHead, fastrcnn_loss, postprocess_detections, select_training_samples
 from .kernels import kernels
 from .mask_head import MaskRCNNHeads, MaskRCNNPredictor, maskrcnn_inference, maskrcnn_loss
@@ -55,6 +59,12 @@ class RoIHeads(nn.Module):
         intermediates: optional dict, filled with the branch's inner results (for the notebooks)
     Returns ``(result, losses)``: in eval, B dicts ``boxes, labels, scores, masks (m, 1, 28, 28)``; in
     training, ``{"loss_classifier", "loss_box_reg", "loss_mask"}``.
+
+    The constructor takes torchvision's arguments in torchvision's order; the keypoint branch (Keypoint
+    R-CNN) is not built here, so ``keypoint_*`` must stay None. torchvision's methods are here too
+    (``add_gt_proposals``, ``assign_targets_to_proposals``, ``subsample``, ``check_targets``,
+    ``select_training_samples``, ``postprocess_detections``, ``has_mask``, ``has_keypoint``), each calling
+    the function of ``box_head.py`` that does the work.
     """
 
     def __init__(
@@ -73,9 +83,16 @@ class RoIHeads(nn.Module):
         mask_roi_pool: Optional[nn.Module] = None,
         mask_head: Optional[nn.Module] = None,
         mask_predictor: Optional[nn.Module] = None,
+        keypoint_roi_pool: Optional[nn.Module] = None,
+        keypoint_head: Optional[nn.Module] = None,
+        keypoint_predictor: Optional[nn.Module] = None,
         use_torchvision_ops: bool = True,
     ):
         super().__init__()
+        if keypoint_roi_pool is not None or keypoint_head is not None or keypoint_predictor is not None:
+            raise ValueError("RoIHeads: keypoint_roi_pool/keypoint_head/keypoint_predictor are not supported "
+                             "(mrcnn_lite builds Mask R-CNN, not Keypoint R-CNN); leave them None")
+        self.box_similarity = ops.box_iou
         # Box branch training: IoU >= fg -> positive, < bg -> background, and no low-quality matches
         # (the GT boxes themselves are added to the proposals, so every GT has a perfect positive).
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
@@ -92,6 +109,7 @@ class RoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+        self.keypoint_roi_pool = self.keypoint_head = self.keypoint_predictor = None
 
         k = kernels(use_torchvision_ops)
         self.batched_nms = k.batched_nms
@@ -99,6 +117,44 @@ class RoIHeads(nn.Module):
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    def has_keypoint(self) -> bool:
+        return False  # Mask R-CNN only
+
+    # ---- torchvision's methods; the work is done by the functions of box_head.py ----
+    def add_gt_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor]) -> List[Tensor]:
+        """Each image's ``gt_boxes (n_i, 4)`` appended to its ``proposals (P_i, 4)``."""
+        return _box_head.add_gt_proposals(proposals, gt_boxes)
+
+    def assign_targets_to_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
+        """``(matched_idxs, labels)`` per image, see ``box_head.assign_targets_to_proposals``."""
+        return _box_head.assign_targets_to_proposals(proposals, gt_boxes, gt_labels, self.proposal_matcher)
+
+    def subsample(self, labels: List[Tensor]) -> List[Tensor]:
+        """Indices of the sampled RoIs per image, ascending (``fg_bg_sampler``'s draw)."""
+        return _box_head.subsample(labels, self.fg_bg_sampler)
+
+    def check_targets(self, targets: Optional[List[Dict[str, Tensor]]]) -> None:
+        """Training targets must be given, each with ``boxes`` and ``labels`` (and ``masks`` with a mask branch)."""
+        if targets is None:
+            raise ValueError("RoIHeads: targets must be given in training mode")
+        keys = ["boxes", "labels"] + (["masks"] if self.has_mask() else [])
+        for i, t in enumerate(targets):
+            for key in keys:
+                if key not in t:
+                    raise ValueError(f"RoIHeads: targets[{i}] has no {key!r}")
+
+    def select_training_samples(self, proposals: List[Tensor], targets: Optional[List[Dict[str, Tensor]]]):
+        """``(proposals, matched_idxs, labels, regression_targets)`` of the sampled RoIs, per image."""
+        self.check_targets(targets)
+        return select_training_samples(proposals, [t["boxes"] for t in targets], [t["labels"] for t in targets],
+                                       self.proposal_matcher, self.fg_bg_sampler, self.box_coder)
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: List[Tensor],
+                               image_shapes: List[Tuple[int, int]]):
+        """``(boxes, scores, labels)`` per image, see ``box_head.postprocess_detections``."""
+        return postprocess_detections(class_logits, box_regression, proposals, image_shapes, self.box_coder,
+                                      self.score_thresh, self.nms_thresh, self.detections_per_img, self.batched_nms)
 
     def forward(
         self,
@@ -421,11 +477,149 @@ def compile_backbone(model: MaskRCNN, mode: Optional[str] = None, **compile_kwar
     return model
 
 
-def maskrcnn_resnet50_fpn(num_classes: int = 91, **kwargs) -> MaskRCNN:
-    """torchvision's ``maskrcnn_resnet50_fpn`` (v1) architecture; ``kwargs`` are its MaskRCNN hyperparameters
-    (``min_size``, ``max_size``, ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``). Random weights; load
-    torchvision's COCO v1 checkpoint with ``model.load_state_dict(state_dict)`` (307 keys, strict)."""
-    return build_model(_config.r50_fpn(num_classes, **kwargs))
+# ---------------------------------------------------------------------------------------------------
+# torchvision's builder: maskrcnn_resnet50_fpn(*, weights, progress, num_classes, weights_backbone, ...)
+# ---------------------------------------------------------------------------------------------------
+
+# torchvision's weights, by the names its enums accept, and the file its download would have left in the
+# torch hub cache. mrcnn_lite never downloads: a name means "that file, if it is in the cache".
+MASKRCNN_WEIGHTS_FILES = {"COCO_V1": "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"}
+MASKRCNN_WEIGHTS_FILES["DEFAULT"] = MASKRCNN_WEIGHTS_FILES["COCO_V1"]
+RESNET50_WEIGHTS_FILES = {"IMAGENET1K_V1": "resnet50-0676ba61.pth", "IMAGENET1K_V2": "resnet50-11ad3fa6.pth"}
+RESNET50_WEIGHTS_FILES["DEFAULT"] = RESNET50_WEIGHTS_FILES["IMAGENET1K_V2"]
+
+
+# torchvision's MaskRCNN keywords that take a module (a replacement for one of the model's parts).
+TORCHVISION_MODULE_ARGUMENTS = ("rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head", "box_predictor",
+                                "mask_roi_pool", "mask_head", "mask_predictor")
+
+
+def validate_trainable_layers(is_trained: bool, trainable_backbone_layers: Optional[int], max_value: int = 5,
+                              default_value: int = 3) -> int:
+    """torchvision's rule for ``trainable_backbone_layers``: without pretrained weights every layer trains
+    (a value given anyway draws a warning); with them the default is 3; the valid range is 0..max_value."""
+    if not is_trained:
+        if trainable_backbone_layers is not None:
+            warnings.warn(
+                "Changing trainable_backbone_layers has no effect if neither weights nor weights_backbone are "
+                f"given, falling back to trainable_backbone_layers={max_value} so that all layers are trainable"
+            )
+        trainable_backbone_layers = max_value
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = default_value
+    if not 0 <= trainable_backbone_layers <= max_value:
+        raise ValueError(
+            f"trainable_backbone_layers should be in the range [0, {max_value}], got {trainable_backbone_layers}"
+        )
+    return trainable_backbone_layers
+
+
+def read_weights(weights, known_files: Dict[str, str], argument: str) -> Dict[str, Tensor]:
+    """A state dict from what torchvision's builders take as ``weights``, without downloading anything.
+
+    ``weights``: a state dict; a path to a checkpoint file (loaded with ``weights_only=True``); or one of
+    torchvision's weights enums (anything with a ``.url``) or its name (``"DEFAULT"``,
+    ``"COCO_V1"``, ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``...), looked up in the torch hub cache
+    (``torch.hub.get_dir()/checkpoints``), where torchvision keeps the files it downloaded.
+    """
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    name = weights.rsplit(".", 1)[-1] if isinstance(weights, str) else None  # "ResNet50_Weights.DEFAULT" -> "DEFAULT"
+    if hasattr(weights, "url"):  # a torchvision WeightsEnum member
+        path = cache / os.path.basename(weights.url)
+    elif name in known_files and not Path(weights).is_file():
+        path = cache / known_files[name]
+    elif isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+    else:
+        raise TypeError(f"{argument} must be a state dict, a checkpoint path or torchvision weights, "
+                        f"got {type(weights).__name__}")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{argument}: {path} not found. mrcnn_lite never downloads: pass a state dict or a checkpoint path, "
+            f"or put torchvision's file in {cache} (where its download keeps it) and name it by its weights "
+            f"{sorted(known_files)}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{argument}: {path} does not hold a state dict (got {type(state).__name__})")
+    if isinstance(state.get("model"), Mapping):  # a training checkpoint {"model": ..., "optimizer": ...}
+        state = state["model"]
+    return dict(state)
+
+
+def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: Optional[int] = None,
+                          weights_backbone=None, trainable_backbone_layers: Optional[int] = None,
+                          **kwargs) -> MaskRCNN:
+    """torchvision's ``maskrcnn_resnet50_fpn`` (v1), with its keywords and their meaning.
+
+    Args:
+        weights: Mask R-CNN weights: a state dict, a checkpoint path, or torchvision's
+            ``MaskRCNN_ResNet50_FPN_Weights`` / its name, read from the torch hub cache (never downloaded;
+            see ``read_weights``). The model then has ``FrozenBatchNorm2d`` (eps 0, as torchvision's COCO_V1)
+            and ``num_classes`` defaults to the checkpoint's.
+        progress: accepted for torchvision's signature; nothing is downloaded.
+        num_classes: classes including background; default 91 (or the checkpoint's).
+        weights_backbone: an ImageNet ResNet-50 for the body (same forms; ``ResNet50_Weights``); then
+            ``FrozenBatchNorm2d`` with eps 1e-5, as torchvision.
+        trainable_backbone_layers: 0..5 of (layer4, layer3, layer2, layer1, conv1) trained; default 3 with
+            weights. Without any weights every layer trains and the normalisation is a trainable
+            ``BatchNorm2d``, as torchvision builds it (a value given anyway warns and becomes 5).
+        kwargs: torchvision's ``MaskRCNN`` keywords. Numbers and tuples are config fields (``min_size``,
+            ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``); config fields given here (e.g.
+            ``norm="frozen_bn"``) win over the choices above. Modules (``rpn_anchor_generator``,
+            ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``, ``mask_roi_pool``, ``mask_head``,
+            ``mask_predictor``) replace the model's parts before the weights load, as torchvision's;
+            ``num_classes`` then defaults to the ``box_predictor``'s. A config does not record such
+            modules: ``load_checkpoint`` rebuilds the default parts.
+    """
+    if "trainable_layers" in kwargs and trainable_backbone_layers is not None:
+        raise TypeError("give trainable_backbone_layers or trainable_layers, not both")
+    parts = {name: kwargs.pop(name) for name in TORCHVISION_MODULE_ARGUMENTS if kwargs.get(name) is not None}
+    if "box_predictor" in parts:
+        predictor_classes = parts["box_predictor"].cls_score.out_features
+        if num_classes is not None and num_classes != predictor_classes:
+            raise ValueError(f"num_classes={num_classes} does not match box_predictor's {predictor_classes} classes")
+        num_classes = predictor_classes
+    state = read_weights(weights, MASKRCNN_WEIGHTS_FILES, "weights") if weights is not None else None
+    backbone_state = None
+    if state is not None:
+        ckpt_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+        if num_classes is not None and num_classes != ckpt_classes:
+            raise ValueError(f"num_classes={num_classes} does not match the weights' {ckpt_classes} classes; "
+                             f"build with the weights, then replace the predictors")
+        num_classes = ckpt_classes
+    elif weights_backbone is not None:
+        backbone_state = read_weights(weights_backbone, RESNET50_WEIGHTS_FILES, "weights_backbone")
+    if num_classes is None:
+        num_classes = 91
+    is_trained = state is not None or backbone_state is not None
+    layers = validate_trainable_layers(is_trained, trainable_backbone_layers, 5, 3)
+    choices = dict(trainable_layers=layers)
+    if state is not None:
+        choices.update(norm="frozen_bn", frozen_bn_eps=0.0)
+    elif backbone_state is not None:
+        choices.update(norm="frozen_bn", frozen_bn_eps=1e-5)
+    else:
+        choices.update(norm="bn")
+    choices.update(kwargs)
+    model = build_model(_config.r50_fpn(num_classes, **choices))
+    rpn, heads = model.rpn, model.roi_heads
+    rpn.anchor_generator = parts.get("rpn_anchor_generator", rpn.anchor_generator)
+    rpn.head = parts.get("rpn_head", rpn.head)
+    heads.box_roi_pool = parts.get("box_roi_pool", heads.box_roi_pool)
+    heads.box_head = parts.get("box_head", heads.box_head)
+    heads.box_predictor = parts.get("box_predictor", heads.box_predictor)
+    heads.mask_roi_pool = parts.get("mask_roi_pool", heads.mask_roi_pool)
+    heads.mask_head = parts.get("mask_head", heads.mask_head)
+    heads.mask_predictor = parts.get("mask_predictor", heads.mask_predictor)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    if backbone_state is not None:
+        body = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        model.backbone.body.load_state_dict(body, strict=True)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -454,6 +648,9 @@ def config_from_torchvision(tv_model: nn.Module, use_torchvision_ops: bool = Tru
     for n in layer_names:
         if any(p.requires_grad for p in getattr(body, n).parameters()):
             trainable += 1
+    norm = {"FrozenBatchNorm2d": "frozen_bn", "BatchNorm2d": "bn", "GroupNorm": "gn"}.get(type(body.bn1).__name__)
+    if norm is None:
+        raise TypeError(f"from_torchvision: unsupported normalisation layer {type(body.bn1).__name__} in the ResNet")
     returned_layers = tuple(sorted(int(k[len("layer"):]) for k in body.return_layers))
     anchors = rpn.anchor_generator
     ratios = {tuple(r) for r in anchors.aspect_ratios}
@@ -466,7 +663,8 @@ def config_from_torchvision(tv_model: nn.Module, use_torchvision_ops: bool = Tru
         depth=depth,
         base_width=body.conv1.out_channels,
         trainable_layers=trainable,
-        frozen_bn_eps=float(body.bn1.eps),
+        norm=norm,
+        frozen_bn_eps=float(body.bn1.eps) if norm == "frozen_bn" else 0.0,
         fpn_out_channels=tv_model.backbone.out_channels,
         returned_layers=returned_layers,
         min_size=min_size[0] if len(min_size) == 1 else min_size,
@@ -516,7 +714,18 @@ def from_torchvision(tv_model: nn.Module, use_torchvision_ops: bool = True) -> M
     p = next(tv_model.parameters())
     model.to(device=p.device, dtype=p.dtype)
     # torchvision's unpretrained models use BatchNorm2d (extra num_batches_tracked keys): drop them.
-    state = {k: v for k, v in tv_model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    ours = model.state_dict()
+    state = {k: v for k, v in tv_model.state_dict().items() if k in ours or not k.endswith("num_batches_tracked")}
     model.load_state_dict(state, strict=True)
+    # Same normalisation settings and the same parameters trained as the source.
+    tv_modules = dict(tv_model.named_modules())
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.eps = tv_modules[name].eps
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = tv_modules[name].momentum
+    requires_grad = {n: p.requires_grad for n, p in tv_model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires_grad[n])
     model.train(tv_model.training)
     return model

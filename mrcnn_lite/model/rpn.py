@@ -287,6 +287,15 @@ def concat_box_prediction_layers(
 # --------------------------------------------------------------------------------------------------
 # The RPN: anchors + head + proposal filtering + training targets and losses.
 # --------------------------------------------------------------------------------------------------
+def _top_n_dict(name: str, value: Union[int, Mapping[str, int]]) -> Dict[str, int]:
+    """``{"training": n, "testing": m}`` from torchvision's dict, or from one int used in both modes."""
+    if isinstance(value, int):
+        return {"training": value, "testing": value}
+    if isinstance(value, Mapping) and {"training", "testing"} <= set(value):
+        return {"training": int(value["training"]), "testing": int(value["testing"])}
+    raise ValueError(f"{name} must be an int or a dict with keys 'training' and 'testing', got {value!r}")
+
+
 class RegionProposalNetwork(nn.Module):
     """Region Proposal Network: proposals for every image, and (in training) the two RPN losses.
 
@@ -329,9 +338,6 @@ class RegionProposalNetwork(nn.Module):
         nms_fn: Optional[Callable[[Tensor, Tensor, Tensor, float], Tensor]] = None,
     ):
         super().__init__()
-        for name, d in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
-            if not {"training", "testing"} <= set(d):
-                raise ValueError(f"{name} must be a dict with keys 'training' and 'testing', got {dict(d)}")
         self.anchor_generator = anchor_generator
         self.head = head
         # RPN deltas are not rescaled: weights (1, 1, 1, 1).
@@ -339,8 +345,8 @@ class RegionProposalNetwork(nn.Module):
         self.box_similarity = ops.box_iou
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self._pre_nms_top_n = dict(pre_nms_top_n)
-        self._post_nms_top_n = dict(post_nms_top_n)
+        self._pre_nms_top_n = _top_n_dict("pre_nms_top_n", pre_nms_top_n)
+        self._post_nms_top_n = _top_n_dict("post_nms_top_n", post_nms_top_n)
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = 1e-3  # proposals thinner than this (pixels) are dropped

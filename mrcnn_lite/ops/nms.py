@@ -64,9 +64,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         scores: ``(N,)``.
         iou_threshold: boxes overlapping a kept box with IoU *strictly greater* than this are dropped.
     """
-    _check(boxes, scores)
-    if boxes.numel() == 0:
+    if boxes.numel() == 0:  # whatever the other arguments, as torchvision
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    _check(boxes, scores)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
     inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
@@ -81,11 +81,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Returns indices ``(K,) int64`` sorted by decreasing score, like ``torchvision.ops.batched_nms``.
     """
+    if boxes.numel() == 0:  # whatever the other arguments: torchvision's batched_nms(empty, None, None, None)
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check(boxes, scores)
     if idxs.shape != scores.shape:
         raise ValueError(f"batched_nms: idxs must have shape {tuple(scores.shape)}, got {tuple(idxs.shape)}")
-    if boxes.numel() == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes, sorted_idxs = boxes[order], idxs[order]
     inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
