@@ -6,7 +6,7 @@ Commands:
     evaluate  COCO box and mask AP of a checkpoint on a COCO-format dataset
     predict   run a checkpoint on image files; write overlays (PNG) and detections (JSON)
     shapes    generate the synthetic shapes data, export it as COCO (train + val), draw a sample grid
-    bench     speed benchmarks (see ``mrcnn_lite.bench``)
+    bench     speed benchmarks against torchvision (see ``mrcnn_lite.tools.bench``)
 
     python -m mrcnn_lite train --config tiny-shapes --out runs/demo
     python -m mrcnn_lite evaluate --checkpoint runs/demo/checkpoint.pt \
@@ -14,7 +14,7 @@ Commands:
     python -m mrcnn_lite predict --checkpoint runs/demo/checkpoint.pt img1.png img2.png --out runs/pred
 
 Each command is one ``add_<name>_parser`` function that registers its sub-parser and points it at a
-``cmd_<name>(args)`` function, so later commands (train, evaluate, predict, bench) slot in the same way.
+``cmd_<name>(args)`` function.
 """
 from __future__ import annotations
 
@@ -157,31 +157,6 @@ def _print_ap(metrics: dict, header: str) -> None:
               f"APs {m['APs']:.3f}  APm {m['APm']:.3f}  APl {m['APl']:.3f}")
 
 
-def load_torchvision_weights(model, path) -> list:
-    """Load a torchvision ``maskrcnn_resnet50_fpn`` COCO state dict into ``model`` (same architecture).
-
-    Tensors whose shape differs (the class-specific predictor layers when your dataset has another
-    number of classes than COCO's 91) are skipped and keep their fresh initialisation. Returns the
-    names of the skipped tensors. Loaded with ``weights_only=True``.
-    """
-    import torch
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a mrcnn_lite or torchvision-references training checkpoint
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} keys are not in the model (first: {unknown[:3]}); "
-                         f"is it a maskrcnn_resnet50_fpn state dict?")
-    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
-    missing = sorted(set(own) - set(state))
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
-    return sorted(skipped + missing)
-
-
 def _init_distributed(device: str):
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group. Returns (rank, device)."""
     import torch
@@ -257,6 +232,7 @@ def cmd_train(args) -> int:
     from .data import CLASSES, Compose, RandomHorizontalFlip, ShapesDataset
     from .engine import TrainConfig, Trainer
     from .engine.coco_eval import evaluate
+    from .model.interop import load_torchvision_weights
     from .model.mask_rcnn import build_model
 
     _use_agg()
@@ -473,25 +449,15 @@ def cmd_predict(args) -> int:
 
 
 def add_bench_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="speed benchmarks against torchvision (mrcnn_lite.bench)",
-                              description="Speed and memory benchmarks; options come from mrcnn_lite.bench.")
-    import importlib
-    try:
-        bench = importlib.import_module("mrcnn_lite.bench")
-    except ImportError:
-        bench = None
-    if bench is not None and hasattr(bench, "add_arguments"):
-        bench.add_arguments(p)
+    from .tools import bench
+    p = subparsers.add_parser("bench", help="speed benchmarks against torchvision (mrcnn_lite.tools.bench)",
+                              description=bench.__doc__.splitlines()[0])
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    import importlib
-    try:
-        bench = importlib.import_module("mrcnn_lite.bench")
-    except ImportError as e:
-        print(f"error: the bench command is not available ({e})", file=sys.stderr)
-        return 2
+    from .tools import bench
     return int(bench.run(args) or 0)
 
 
