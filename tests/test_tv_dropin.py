@@ -40,12 +40,16 @@ COCO_V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"  # the file name of tor
 
 
 def _norm_layers(model):
-    """{class name: count} of the normalisation layers of the ResNet body."""
+    """{kind: count} of the normalisation layers of the ResNet body (torchvision's or ours)."""
     counts = {}
     for m in model.backbone.body.modules():
-        name = type(m).__name__
-        if "Norm" in name:
-            counts[name] = counts.get(name, 0) + 1
+        if isinstance(m, (FrozenBatchNorm2d, TVFrozenBatchNorm2d)):  # incl. the fast floor's subclass
+            kind = "FrozenBatchNorm2d"
+        elif isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            kind = type(m).__name__
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

@@ -12,12 +12,11 @@ Training returns the five losses ``loss_classifier, loss_box_reg, loss_mask, los
 loss_rpn_box_reg``; evaluation returns one dict per image with ``boxes (m, 4)``, ``labels (m,)``,
 ``scores (m,)`` and ``masks (m, 1, H, W)`` (soft, in [0, 1]; threshold at 0.5 for a binary mask).
 
-Module names follow torchvision, so ``maskrcnn_resnet50_fpn(num_classes=91)`` has exactly the 307
-state-dict keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads),
-loading it is one line::
+Module names follow torchvision, so ``build_model(config.r50_fpn(91))`` has exactly the 307 state-dict
+keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads), loading it
+is one line (torchvision's builder and its keywords live in ``interop.py``)::
 
-    model = ml.maskrcnn_resnet50_fpn(num_classes=91)
-    model.load_state_dict(torch.load("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", weights_only=True))
+    model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
 ``forward(images, targets, return_intermediates=True)`` also returns a dict of every stage's results
 (transformed images, features, anchors, proposals, sampled RoIs, logits, detections before
@@ -163,9 +162,3 @@ def build_model(cfg: _config.MaskRCNNConfig) -> MaskRCNN:
     """A Mask R-CNN from a config, e.g. ``build_model(config.tiny(num_classes=4))`` for the CPU lessons."""
     return MaskRCNN(cfg)
 
-
-def maskrcnn_resnet50_fpn(num_classes: int = 91, **kwargs) -> MaskRCNN:
-    """torchvision's ``maskrcnn_resnet50_fpn`` (v1) architecture; ``kwargs`` are its MaskRCNN hyperparameters
-    (``min_size``, ``max_size``, ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``). Random weights; load
-    torchvision's COCO v1 checkpoint with ``model.load_state_dict(state_dict)`` (307 keys, strict)."""
-    return build_model(_config.r50_fpn(num_classes, **kwargs))
