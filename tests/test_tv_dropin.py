@@ -110,6 +110,22 @@ def test_builder_takes_torchvision_keywords():
         ml.maskrcnn_resnet50_fpn(num_classes=3, not_a_field=1)
 
 
+def test_builder_takes_torchvision_module_keywords():
+    """torchvision's MaskRCNN keywords that are modules replace the model's parts; the model trains with them."""
+    sizes = ((16,), (32,), (64,), (128,), (256,))
+    anchors = detection.AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
+    mask_predictor = tv_mask_rcnn.MaskRCNNPredictor(256, 128, 2)
+    box_predictor = tv_faster_rcnn.FastRCNNPredictor(1024, 2)
+    model = ml.maskrcnn_resnet50_fpn(rpn_anchor_generator=anchors, box_predictor=box_predictor,
+                                     mask_predictor=mask_predictor, min_size=200, max_size=300)
+    assert model.rpn.anchor_generator is anchors and model.roi_heads.mask_predictor is mask_predictor
+    assert model.roi_heads.box_predictor is box_predictor and model.num_classes == 2  # from the box predictor
+    losses = _train_losses(model, *_sample())
+    assert all(math.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="box_predictor"):
+        ml.maskrcnn_resnet50_fpn(num_classes=5, box_predictor=box_predictor)
+
+
 def test_trainable_backbone_layers_follow_torchvision():
     # without weights torchvision warns and trains everything; so do we
     with pytest.warns(UserWarning, match="trainable_backbone_layers"):

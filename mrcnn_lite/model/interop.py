@@ -167,6 +167,11 @@ RESNET50_WEIGHTS_FILES = {"IMAGENET1K_V1": "resnet50-0676ba61.pth", "IMAGENET1K_
 RESNET50_WEIGHTS_FILES["DEFAULT"] = RESNET50_WEIGHTS_FILES["IMAGENET1K_V2"]
 
 
+# torchvision's MaskRCNN keywords that take a module (a replacement for one of the model's parts).
+TORCHVISION_MODULE_ARGUMENTS = ("rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head", "box_predictor",
+                                "mask_roi_pool", "mask_head", "mask_predictor")
+
+
 def validate_trainable_layers(is_trained: bool, trainable_backbone_layers: Optional[int], max_value: int = 5,
                               default_value: int = 3) -> int:
     """torchvision's rule for ``trainable_backbone_layers``: without pretrained weights every layer trains
@@ -240,11 +245,22 @@ def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: O
         trainable_backbone_layers: 0..5 of (layer4, layer3, layer2, layer1, conv1) trained; default 3 with
             weights. Without any weights every layer trains and the normalisation is a trainable
             ``BatchNorm2d``, as torchvision builds it (a value given anyway warns and becomes 5).
-        kwargs: ``MaskRCNN`` hyperparameters (``min_size``, ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``).
-            Config fields given here (e.g. ``norm="frozen_bn"``) win over the choices above.
+        kwargs: torchvision's ``MaskRCNN`` keywords. Numbers and tuples are config fields (``min_size``,
+            ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``); config fields given here (e.g.
+            ``norm="frozen_bn"``) win over the choices above. Modules (``rpn_anchor_generator``,
+            ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``, ``mask_roi_pool``, ``mask_head``,
+            ``mask_predictor``) replace the model's parts before the weights load, as torchvision's;
+            ``num_classes`` then defaults to the ``box_predictor``'s. A config does not record such
+            modules: ``load_checkpoint`` rebuilds the default parts.
     """
     if "trainable_layers" in kwargs and trainable_backbone_layers is not None:
         raise TypeError("give trainable_backbone_layers or trainable_layers, not both")
+    parts = {name: kwargs.pop(name) for name in TORCHVISION_MODULE_ARGUMENTS if kwargs.get(name) is not None}
+    if "box_predictor" in parts:
+        predictor_classes = parts["box_predictor"].cls_score.out_features
+        if num_classes is not None and num_classes != predictor_classes:
+            raise ValueError(f"num_classes={num_classes} does not match box_predictor's {predictor_classes} classes")
+        num_classes = predictor_classes
     state = read_weights(weights, MASKRCNN_WEIGHTS_FILES, "weights") if weights is not None else None
     backbone_state = None
     if state is not None:
@@ -268,6 +284,15 @@ def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: O
         choices.update(norm="bn")
     choices.update(kwargs)
     model = build_model(_config.r50_fpn(num_classes, **choices))
+    rpn, heads = model.rpn, model.roi_heads
+    rpn.anchor_generator = parts.get("rpn_anchor_generator", rpn.anchor_generator)
+    rpn.head = parts.get("rpn_head", rpn.head)
+    heads.box_roi_pool = parts.get("box_roi_pool", heads.box_roi_pool)
+    heads.box_head = parts.get("box_head", heads.box_head)
+    heads.box_predictor = parts.get("box_predictor", heads.box_predictor)
+    heads.mask_roi_pool = parts.get("mask_roi_pool", heads.mask_roi_pool)
+    heads.mask_head = parts.get("mask_head", heads.mask_head)
+    heads.mask_predictor = parts.get("mask_predictor", heads.mask_predictor)
     if state is not None:
         model.load_state_dict(state, strict=True)
     if backbone_state is not None:
