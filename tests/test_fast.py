@@ -10,7 +10,7 @@ from mrcnn_lite.config import MaskRCNNConfig
 from mrcnn_lite.data.shapes import ShapesDataset
 from mrcnn_lite.fast.nms import greedy_keep
 from mrcnn_lite.fast.roi_align import _weighted_rows
-from mrcnn_lite.model.backbone import FrozenBatchNorm2d
+from mrcnn_lite.model.frozen_bn import FrozenBatchNorm2d
 from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler
 from mrcnn_lite.model.transform import paste_masks_in_image
 from mrcnn_lite.ops.nms import iou_above

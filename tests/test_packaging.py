@@ -87,8 +87,8 @@ def test_import_directions():
     pkg = ROOT / "mrcnn_lite"
     for f in (pkg / "ops").glob("*.py"):
         assert imported(f) <= {"", "boxes", "nms", "roi_ops", "poolers"}, f.name
-    stages = {"", "anchors", "backbone", "box_head", "fpn", "inputs", "interop", "kernels", "mask_head",
-              "mask_rcnn", "matching", "roi_heads", "rpn", "transform", "ops", "config"}
+    stages = {"", "anchors", "backbone", "box_head", "fpn", "frozen_bn", "inputs", "interop", "kernels", "mask_head",
+              "mask_rcnn", "matching", "roi_heads", "rpn", "rpn_head", "transform", "ops", "config"}
     for f in (pkg / "model").glob("*.py"):
         allowed = stages | ({"fast"} if f.name == "kernels.py" else set())
         assert imported(f) <= allowed, (f.name, imported(f) - allowed)

@@ -18,7 +18,8 @@ from mrcnn_lite import fast, ops
 from mrcnn_lite.data.shapes import ShapesDataset
 from mrcnn_lite.fast import (CachedFrozenBatchNorm2d, HostSyncCounter, SyncFreeBalancedPositiveNegativeSampler,
                              compile_backbone, fold_frozen_bn)
-from mrcnn_lite.model.backbone import FrozenBatchNorm2d, resnet_fpn_backbone
+from mrcnn_lite.model.backbone import resnet_fpn_backbone
+from mrcnn_lite.model.frozen_bn import FrozenBatchNorm2d
 from mrcnn_lite.model.kernels import kernels_for
 from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 from mrcnn_lite.model.transform import resize_boxes
@@ -383,7 +384,7 @@ def test_model_reports_the_kernels_it_called(shapes_batch, floor):
             "batched_nms": "mrcnn_lite.ops.batched_nms",
             "paste_masks_in_image": "mrcnn_lite.model.transform.paste_masks_in_image",
             "roi_align": "mrcnn_lite.ops.roi_align",
-            "frozen_bn": "mrcnn_lite.model.backbone.FrozenBatchNorm2d",
+            "frozen_bn": "mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d",
             "sampler": "mrcnn_lite.model.matching.BalancedPositiveNegativeSampler",
         }
     else:

@@ -1,6 +1,6 @@
 """Frozen batch norm, fast: cached scale and shift, and folding into the convolutions.
 
-``mrcnn_lite.model.backbone.FrozenBatchNorm2d`` computes ``scale = weight / sqrt(running_var + eps)`` and
+``mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d`` computes ``scale = weight / sqrt(running_var + eps)`` and
 ``shift = bias - running_mean * scale`` on every call, then ``x * scale + shift``: two passes over the
 activations and five small per-channel ops. ``CachedFrozenBatchNorm2d`` (the model's fast floor builds
 it) keeps scale and shift until a buffer changes and applies them with one ``torch.addcmul``.
@@ -14,7 +14,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..model.backbone import BasicBlock, Bottleneck, FrozenBatchNorm2d, ResNet
+from ..model.backbone import BasicBlock, Bottleneck, ResNet
+from ..model.frozen_bn import FrozenBatchNorm2d
 
 
 class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):

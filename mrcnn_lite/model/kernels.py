@@ -18,7 +18,7 @@ from typing import Callable, Dict, Set, Type
 from torch import nn
 
 from .. import ops
-from .backbone import FrozenBatchNorm2d
+from .frozen_bn import FrozenBatchNorm2d
 from .matching import BalancedPositiveNegativeSampler
 from .transform import paste_masks_in_image
 

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from .. import config as _config
 from ..ops import MultiScaleRoIAlign
-from .backbone import FrozenBatchNorm2d, resnet_fpn_backbone
+from .backbone import resnet_fpn_backbone
+from .frozen_bn import FrozenBatchNorm2d
 from .box_head import FastRCNNPredictor, TwoMLPHead
 from .inputs import check_inputs
 from .kernels import Kernels, kernels_for
@@ -77,8 +78,7 @@ class MaskRCNN(nn.Module):
             # kernels (oneDNN on CPU, cuDNN tensor cores on GPU) then skip layout conversions.
             self.backbone.to(memory_format=torch.channels_last)
         out_channels = self.backbone.out_channels
-        self.rpn = build_rpn(cfg, out_channels, nms_fn=k.batched_nms)
-        self.rpn.fg_bg_sampler = k.sampler(cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction)
+        self.rpn = build_rpn(cfg, out_channels, k)
 
         levels = ["0", "1", "2", "3"]  # the FPN levels the RoI heads pool from (not 'pool')
         box_roi_pool = MultiScaleRoIAlign(levels, cfg.box_roi_output_size, cfg.box_roi_sampling_ratio,
