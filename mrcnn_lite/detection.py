@@ -13,7 +13,8 @@ from .model.interop import from_torchvision, maskrcnn_resnet50_fpn, validate_tra
 from .model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from .model.mask_rcnn import MaskRCNN
 from .model.roi_heads import RoIHeads
-from .model.rpn import RegionProposalNetwork, RPNHead
+from .model.rpn import RegionProposalNetwork
+from .model.rpn_head import RPNHead
 from .model.transform import GeneralizedRCNNTransform, ImageList
 
 __all__ = [
