@@ -195,8 +195,12 @@ def test_weights_enum_reads_only_the_local_cache(tv_coco_layout, tmp_path, monke
     assert model.roi_heads.box_predictor.cls_score.out_features == 91
     assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
     assert torch.equal(model.rpn.head.cls_logits.weight, tv_coco_layout.rpn.head.cls_logits.weight.float())
-    with pytest.raises(ValueError, match="weights"):
-        ml.maskrcnn_resnet50_fpn(weights="NOT_A_WEIGHT_NAME")
+    with pytest.raises(FileNotFoundError, match="NOT_A_FILE"):  # neither a file nor a weights name
+        ml.maskrcnn_resnet50_fpn(weights="NOT_A_FILE")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ml.maskrcnn_resnet50_fpn(weights=tmp_path / "missing.pth")
+    with pytest.raises(TypeError, match="weights"):
+        ml.maskrcnn_resnet50_fpn(weights=3)
 
 
 # ----------------------------------------------------------------------------------------------------

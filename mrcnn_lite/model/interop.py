@@ -202,23 +202,22 @@ def read_weights(weights, known_files: Dict[str, str], argument: str) -> Dict[st
     """
     if isinstance(weights, Mapping):
         return dict(weights)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    name = weights.rsplit(".", 1)[-1] if isinstance(weights, str) else None  # "ResNet50_Weights.DEFAULT" -> "DEFAULT"
     if hasattr(weights, "url"):  # a torchvision WeightsEnum member
-        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
+        path = cache / os.path.basename(weights.url)
+    elif name in known_files and not Path(weights).is_file():
+        path = cache / known_files[name]
+    elif isinstance(weights, (str, os.PathLike)):
         path = Path(weights)
-    elif isinstance(weights, str):
-        name = weights.rsplit(".", 1)[-1]
-        if name not in known_files:
-            raise ValueError(f"{argument}={weights!r} is neither a checkpoint file nor one of torchvision's "
-                             f"weights {sorted(known_files)}")
-        path = Path(torch.hub.get_dir()) / "checkpoints" / known_files[name]
     else:
         raise TypeError(f"{argument} must be a state dict, a checkpoint path or torchvision weights, "
                         f"got {type(weights).__name__}")
     if not path.is_file():
         raise FileNotFoundError(
-            f"{argument}: {path} not found. mrcnn_lite never downloads; put the checkpoint file there "
-            f"(torchvision's download keeps it there) or pass its path or a state dict"
+            f"{argument}: {path} not found. mrcnn_lite never downloads: pass a state dict or a checkpoint path, "
+            f"or put torchvision's file in {cache} (where its download keeps it) and name it by its weights "
+            f"{sorted(known_files)}"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
