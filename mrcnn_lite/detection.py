@@ -5,13 +5,16 @@ Code written against torchvision swaps one import::
     from torchvision.models.detection import maskrcnn_resnet50_fpn, MaskRCNN        # before
     from mrcnn_lite.detection import maskrcnn_resnet50_fpn, MaskRCNN                 # after
 
-Same class and function names, same constructor arguments (ours may add keywords after torchvision's).
+Same names and constructor arguments, in torchvision's order (ours may add keywords after them).
 """
 from .model.anchors import AnchorGenerator
 from .model.box_head import FastRCNNPredictor, TwoMLPHead
+from .model.interop import from_torchvision, maskrcnn_resnet50_fpn, validate_trainable_layers
 from .model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
-from .model.mask_rcnn import MaskRCNN, RoIHeads, from_torchvision, maskrcnn_resnet50_fpn, validate_trainable_layers
-from .model.rpn import RegionProposalNetwork, RPNHead
+from .model.mask_rcnn import MaskRCNN
+from .model.roi_heads import RoIHeads
+from .model.rpn import RegionProposalNetwork
+from .model.rpn_head import RPNHead
 from .model.transform import GeneralizedRCNNTransform, ImageList
 
 __all__ = [

@@ -155,7 +155,7 @@ def mask_targets_aligned(gt_masks, proposals, matched_idxs, M):
 
 
 def to_original_paste_before_rescale(boxes, masks, image_size, original_size):
-    from mrcnn_lite.model.mask_head import paste_masks_in_image
+    from mrcnn_lite.model.transform import paste_masks_in_image
     from mrcnn_lite.model.transform import resize_boxes
     pasted = paste_masks_in_image(masks, boxes, tuple(original_size))  # pastes into the resized boxes
     return resize_boxes(boxes, image_size, original_size), pasted

@@ -1134,7 +1134,7 @@ def reference_coco_boxes(anns: List[Dict[str, Any]]) -> Tuple[Tensor, Tensor, in
     import tempfile
     from pathlib import Path
 
-    h, w = 48, 64
+    h, w = 96, 128                                                  # every case box lies inside
     blank = {"size": [h, w], "counts": [h * w]}                      # an empty mask: only the boxes matter here
     data = {"images": [{"id": 1, "file_name": "blank.png", "width": w, "height": h}],
             "annotations": [{**a, "image_id": 1, "segmentation": blank} for a in anns],
