@@ -97,6 +97,12 @@ def test_finetuning_flow(coco_folder, predictors):
     hidden_layer = 256
     model.roi_heads.mask_predictor = MaskRCNNPredictor(in_features_mask, hidden_layer, NUM_CLASSES)
     model.to(device)
+    # the model's class count follows the new predictors: labels are checked against it, checkpoints record it
+    assert model.num_classes == NUM_CLASSES and model.cfg.num_classes == 91
+    with pytest.raises(ValueError, match="label 4"):
+        model.train()([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0]]),
+                                                 "labels": torch.tensor([4]),
+                                                 "masks": torch.ones(1, 64, 64, dtype=torch.uint8)}])
 
     data_loader, data_loader_test = _loaders(coco_folder)
     params = [p for p in model.parameters() if p.requires_grad]

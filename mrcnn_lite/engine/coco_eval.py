@@ -118,12 +118,13 @@ def coco_summary(coco_gt: COCO, results: List[dict], iou_type: str, verbose: boo
 
 
 def _num_classes_of(model) -> Optional[int]:
-    """Classes (incl. background) of an mrcnn_lite model (its config) or a torchvision one (its box predictor)."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None:
-        return cfg.num_classes
+    """Classes (incl. background) of a detection model: its box predictor's outputs (right also after a
+    fine-tuning script replaced the predictor), else its config's."""
     cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
-    return getattr(cls_score, "out_features", None)
+    if isinstance(cls_score, torch.nn.Linear):
+        return cls_score.out_features
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "num_classes", None)
 
 
 def _batches(data, batch_size: int):

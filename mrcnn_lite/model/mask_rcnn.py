@@ -105,7 +105,10 @@ class MaskRCNN(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.cfg.num_classes
+        """Classes including background: the box predictor's outputs, which stay right when a fine-tuning
+        script replaces the predictors (torchvision's recipe); ``cfg.num_classes`` is what was built."""
+        cls_score = getattr(self.roi_heads.box_predictor, "cls_score", None)
+        return cls_score.out_features if isinstance(cls_score, nn.Linear) else self.cfg.num_classes
 
     def kernels_used(self) -> Dict[str, str]:
         """Which implementation ran each swappable op: op -> implementation(s), comma-separated.
@@ -128,7 +131,7 @@ class MaskRCNN(nn.Module):
         return_intermediates: bool = False,
     ):
         param = next(self.parameters())
-        check_inputs(images, targets, self.cfg.num_classes, self.training, self.transform.min_size,
+        check_inputs(images, targets, self.num_classes, self.training, self.transform.min_size,
                      self.transform.max_size, param.dtype, param.device)
         inter: Optional[Dict[str, Any]] = {} if return_intermediates else None
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
