@@ -45,14 +45,14 @@ def r50_pair(randomise_norm_stats):
     """(ours, torchvision's) R-50-FPN backbones in float64, eval mode, holding the same random weights."""
     tv = tv_r50_fpn_backbone()
     randomise_norm_stats(tv)
-    ours = resnet_fpn_backbone(config.r50_fpn())  # = ml.maskrcnn_resnet50_fpn().backbone, without the heads
+    ours = resnet_fpn_backbone(config.r50_fpn())  # the backbone of the COCO v1 layout, without the heads
     ours.load_state_dict(tv.state_dict(), strict=True)
     return ours.double().eval(), tv.double().eval()
 
 
 # ---------------------------------------------------------------------------------------------- state dict
 def test_r50_fpn_state_dict_keys_and_shapes_equal_torchvision():
-    ours = ml.maskrcnn_resnet50_fpn(num_classes=91).backbone.state_dict()
+    ours = resnet_fpn_backbone(config.r50_fpn()).state_dict()  # the COCO v1 layout (FrozenBatchNorm2d)
     ref = tv_r50_fpn_backbone().state_dict()
     assert set(ours) == set(ref)
     assert list(ours) == list(ref)  # same order too

@@ -86,7 +86,7 @@ def test_from_torchvision_same_detections(r50, converted):
 @pytest.mark.parametrize("floor", ["reference", "fast"])
 def test_load_state_dict_same_detections(r50, floor):
     tv, images, expected = r50
-    model = ml.maskrcnn_resnet50_fpn(num_classes=91, kernels=floor, **SMALL)
+    model = ml.build_model(ml.config.r50_fpn(91, kernels=floor, **SMALL))  # COCO v1 layout: FrozenBN, eps 0
     # the 307 keys of torchvision's COCO v1 checkpoint (FrozenBatchNorm2d: no num_batches_tracked)
     assert len(model.state_dict()) == 307 and set(model.state_dict()) == set(tv.state_dict())
     model.load_state_dict(tv.state_dict(), strict=True)

@@ -117,52 +117,81 @@ def coco_summary(coco_gt: COCO, results: List[dict], iou_type: str, verbose: boo
     return {k: float(v) for k, v in zip(METRICS, ev.stats[:6])}
 
 
+def _num_classes_of(model) -> Optional[int]:
+    """Classes (incl. background) of a detection model: its box predictor's outputs (right also after a
+    fine-tuning script replaced the predictor), else its config's."""
+    cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
+    if isinstance(cls_score, torch.nn.Linear):
+        return cls_score.out_features
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "num_classes", None)
+
+
+def _batches(data, batch_size: int):
+    """``(images, targets)`` batches from a dataset (items ``(image, target)``, read ``batch_size`` at a time)
+    or from a ``DataLoader`` with torchvision's ``collate_fn`` (``tuple(zip(*batch))``)."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        for i, batch in enumerate(data):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TypeError(f"evaluate: batch {i} of the data loader must be (images, targets), "
+                                f"got {type(batch).__name__}")
+            yield list(batch[0]), list(batch[1])
+    else:
+        for start in range(0, len(data), batch_size):
+            items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            yield [img for img, _ in items], [t for _, t in items]
+
+
 @torch.no_grad()
-def evaluate(model, dataset, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
+def evaluate(model, data, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
              verbose: bool = False, num_classes: Optional[int] = None,
              label_to_category: Optional[List[int]] = None) -> Dict[str, Dict[str, float]]:
-    """Run ``model`` (eval mode) over ``dataset`` and return COCO ``{"bbox": {...}, "segm": {...}}``.
+    """Run ``model`` (eval mode) over ``data`` and return COCO ``{"bbox": {...}, "segm": {...}}``.
 
-    ``num_classes`` defaults to ``model.cfg.num_classes`` when the model has a config.
+    Takes what torchvision's ``references/detection/engine.evaluate(model, data_loader, device)`` takes:
+    ``model`` an mrcnn_lite or torchvision detection model (or either in DistributedDataParallel), ``data``
+    a ``DataLoader`` of ``(images, targets)`` batches or a dataset of ``(image, target)`` items.
+    ``num_classes`` defaults to the model's (its config, else its box predictor's outputs).
     ``label_to_category``: the category id of each of the model's labels (default: the dataset's
     ``label_to_category`` when it has one, else label = category id).
 
-    Ground truth: for a ``CocoInstances`` dataset, its annotation file as it is (crowd regions
-    included, which pycocotools counts as "ignore", polygons and RLE as stored); for any other
-    dataset, each target's masks encoded as RLE as soon as the image is done. Either way no decoded
-    ground-truth mask is kept beyond its batch.
+    Ground truth: for a ``CocoInstances`` dataset evaluated whole, its annotation file as it is (crowd
+    regions included, which pycocotools counts as "ignore", polygons and RLE as stored); otherwise the
+    targets, their masks encoded as RLE as soon as the image is done. Either way no decoded ground-truth
+    mask is kept beyond its batch.
     """
     from ..data.coco import CocoInstances
 
-    if len(dataset) == 0:
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+    if len(data) == 0:
         raise ValueError("cannot evaluate on a dataset with no images")
     if num_classes is None:
-        num_classes = model.cfg.num_classes
+        num_classes = _num_classes_of(model)
+    if num_classes is None:
+        raise ValueError("evaluate: cannot tell the model's number of classes; pass num_classes=")
     if label_to_category is None:
         label_to_category = getattr(dataset, "label_to_category", None)
     if label_to_category is not None and len(label_to_category) < num_classes:
         raise ValueError(f"label_to_category has {len(label_to_category)} entries, the model "
                          f"{num_classes} labels")
-    from_file = isinstance(dataset, CocoInstances)
     was_training = model.training
     model.eval()
     images_gt, anns_gt, results = [], [], {"bbox": [], "segm": []}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = [img.to(device) for img, _ in items]
-        outputs = model(images)
-        for (img, target), output in zip(items, outputs):
-            if not from_file:
-                images_gt.append({"id": int(target["image_id"]), "height": int(img.shape[-2]),
-                                  "width": int(img.shape[-1])})
-                anns_gt += _gt_annotations(target, len(anns_gt) + 1, label_to_category)
+    for images, targets in _batches(data, batch_size):
+        outputs = model([img.to(device) for img in images])
+        for img, target, output in zip(images, targets, outputs):
+            images_gt.append({"id": int(target["image_id"]), "height": int(img.shape[-2]),
+                              "width": int(img.shape[-1])})
+            anns_gt += _gt_annotations(target, len(anns_gt) + 1, label_to_category)
             res = detections_to_coco(int(target["image_id"]), output, mask_threshold, label_to_category)
             results["bbox"] += res["bbox"]
             results["segm"] += res["segm"]
-        del items, images, outputs
+        del images, targets, outputs
     model.train(was_training)
-    if from_file:
-        coco_gt = dataset.coco
+    if isinstance(dataset, CocoInstances) and len(images_gt) == len(dataset):
+        coco_gt = dataset.coco  # evaluated whole: the file, crowds included
     else:
         cats = label_to_category[1:num_classes] if label_to_category is not None else range(1, num_classes)
         coco_gt = _coco_gt(images_gt, anns_gt, cats)

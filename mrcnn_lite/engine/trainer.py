@@ -215,7 +215,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         if model_config is None and hasattr(model, "cfg") and hasattr(model.cfg, "to_dict"):
-            model_config = model.cfg.to_dict()
+            # num_classes from the model: a fine-tuning script may have replaced the predictors
+            model_config = {**model.cfg.to_dict(), "num_classes": getattr(model, "num_classes", model.cfg.num_classes)}
         self.model_config = model_config
         self.meta = dict(meta or {})
         if evaluate_fn is None and val_set is not None:

@@ -52,4 +52,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Same as ``mrcnn_lite.ops.nms``: indices ``(K,)`` of the kept boxes, by decreasing score."""
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     return batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)

@@ -1,18 +1,24 @@
-"""torchvision interop: build an mrcnn_lite model from a torchvision ``MaskRCNN``, or load torchvision's
-checkpoints into one.
+"""torchvision interop: torchvision's builder, an mrcnn_lite model from a torchvision ``MaskRCNN``, and
+torchvision's checkpoints.
 
-    model = ml.from_torchvision(tv_model)            # same hyperparameters and weights
+    model = ml.maskrcnn_resnet50_fpn(weights=None, num_classes=2)   # torchvision's builder and keywords
+    model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    model = ml.from_torchvision(tv_model)            # same hyperparameters, weights, norm layers, trainability
     cfg = config_from_torchvision(tv_model)          # only the hyperparameters
     skipped = load_torchvision_weights(model, "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
 Module and parameter names are torchvision's throughout the model, so the state dicts map one to one.
+Nothing here downloads: torchvision's weights enums are read from the torch hub cache if they are there.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
+from typing import Dict, Mapping, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import config as _config
 from .mask_rcnn import MaskRCNN, build_model
@@ -36,6 +42,9 @@ def config_from_torchvision(tv_model: nn.Module, kernels: str = "fast") -> _conf
     )
     if depth is None:
         raise TypeError(f"from_torchvision: unsupported ResNet layout (layer3 has {len(layer3)} blocks)")
+    norm = {"FrozenBatchNorm2d": "frozen_bn", "BatchNorm2d": "bn", "GroupNorm": "gn"}.get(type(body.bn1).__name__)
+    if norm is None:
+        raise TypeError(f"from_torchvision: unsupported normalisation layer {type(body.bn1).__name__} in the ResNet")
     layer_names = ["layer4", "layer3", "layer2", "layer1", "conv1"]
     trainable = 0
     for n in layer_names:
@@ -53,7 +62,8 @@ def config_from_torchvision(tv_model: nn.Module, kernels: str = "fast") -> _conf
         depth=depth,
         base_width=body.conv1.out_channels,
         trainable_layers=trainable,
-        frozen_bn_eps=float(body.bn1.eps),
+        norm=norm,
+        frozen_bn_eps=float(body.bn1.eps) if norm == "frozen_bn" else 0.0,
         fpn_out_channels=tv_model.backbone.out_channels,
         returned_layers=returned_layers,
         min_size=min_size[0] if len(min_size) == 1 else min_size,
@@ -96,15 +106,27 @@ def config_from_torchvision(tv_model: nn.Module, kernels: str = "fast") -> _conf
 def from_torchvision(tv_model: nn.Module, kernels: str = "fast") -> MaskRCNN:
     """An mrcnn_lite ``MaskRCNN`` with the hyperparameters and weights of a torchvision ``MaskRCNN`` (v1).
 
-    The returned model is in the same train/eval mode, dtype and device as ``tv_model``.
+    The returned model is in the same train/eval mode, dtype and device as ``tv_model``, with the same
+    normalisation layers (a trainable ``BatchNorm2d`` stays one, with its eps and momentum) and the same
+    parameters trainable, so that training it gives torchvision's losses, not only its detections.
     """
     cfg = config_from_torchvision(tv_model, kernels)
     model = build_model(cfg)
     p = next(tv_model.parameters())
     model.to(device=p.device, dtype=p.dtype)
-    # torchvision's unpretrained models use BatchNorm2d (extra num_batches_tracked keys): drop them.
-    state = {k: v for k, v in tv_model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    # A BatchNorm2d's step counter (num_batches_tracked) has no place in a FrozenBatchNorm2d or GroupNorm.
+    own = model.state_dict()
+    state = {k: v for k, v in tv_model.state_dict().items() if k in own or not k.endswith("num_batches_tracked")}
     model.load_state_dict(state, strict=True)
+    tv_modules = dict(tv_model.named_modules())
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            m.eps = tv_modules[name].eps
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = tv_modules[name].momentum
+    requires_grad = {n: p.requires_grad for n, p in tv_model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(requires_grad[n])
     model.train(tv_model.training)
     return model
 
@@ -131,3 +153,148 @@ def load_torchvision_weights(model, path) -> list:
     missing = sorted(set(own) - set(state))
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     return sorted(skipped + missing)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchvision's builder: maskrcnn_resnet50_fpn(*, weights, progress, num_classes, weights_backbone, ...)
+# ---------------------------------------------------------------------------------------------------
+
+# torchvision's weights, by the names its enums accept, and the file its download would have left in the
+# torch hub cache. mrcnn_lite never downloads: a name means "that file, if it is in the cache".
+MASKRCNN_WEIGHTS_FILES = {"COCO_V1": "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"}
+MASKRCNN_WEIGHTS_FILES["DEFAULT"] = MASKRCNN_WEIGHTS_FILES["COCO_V1"]
+RESNET50_WEIGHTS_FILES = {"IMAGENET1K_V1": "resnet50-0676ba61.pth", "IMAGENET1K_V2": "resnet50-11ad3fa6.pth"}
+RESNET50_WEIGHTS_FILES["DEFAULT"] = RESNET50_WEIGHTS_FILES["IMAGENET1K_V2"]
+
+
+# torchvision's MaskRCNN keywords that take a module (a replacement for one of the model's parts).
+TORCHVISION_MODULE_ARGUMENTS = ("rpn_anchor_generator", "rpn_head", "box_roi_pool", "box_head", "box_predictor",
+                                "mask_roi_pool", "mask_head", "mask_predictor")
+
+
+def validate_trainable_layers(is_trained: bool, trainable_backbone_layers: Optional[int], max_value: int = 5,
+                              default_value: int = 3) -> int:
+    """torchvision's rule for ``trainable_backbone_layers``: without pretrained weights every layer trains
+    (a value given anyway draws a warning); with them the default is 3; the valid range is 0..max_value."""
+    if not is_trained:
+        if trainable_backbone_layers is not None:
+            warnings.warn(
+                "Changing trainable_backbone_layers has no effect if neither weights nor weights_backbone are "
+                f"given, falling back to trainable_backbone_layers={max_value} so that all layers are trainable"
+            )
+        trainable_backbone_layers = max_value
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = default_value
+    if not 0 <= trainable_backbone_layers <= max_value:
+        raise ValueError(
+            f"trainable_backbone_layers should be in the range [0, {max_value}], got {trainable_backbone_layers}"
+        )
+    return trainable_backbone_layers
+
+
+def read_weights(weights, known_files: Dict[str, str], argument: str) -> Dict[str, Tensor]:
+    """A state dict from what torchvision's builders take as ``weights``, without downloading anything.
+
+    ``weights``: a state dict; a path to a checkpoint file (loaded with ``weights_only=True``); or one of
+    torchvision's weights enums (anything with a ``.url``) or its name (``"DEFAULT"``,
+    ``"COCO_V1"``, ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``...), looked up in the torch hub cache
+    (``torch.hub.get_dir()/checkpoints``), where torchvision keeps the files it downloaded.
+    """
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    name = weights.rsplit(".", 1)[-1] if isinstance(weights, str) else None  # "ResNet50_Weights.DEFAULT" -> "DEFAULT"
+    if hasattr(weights, "url"):  # a torchvision WeightsEnum member
+        path = cache / os.path.basename(weights.url)
+    elif name in known_files and not Path(weights).is_file():
+        path = cache / known_files[name]
+    elif isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+    else:
+        raise TypeError(f"{argument} must be a state dict, a checkpoint path or torchvision weights, "
+                        f"got {type(weights).__name__}")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{argument}: {path} not found. mrcnn_lite never downloads: pass a state dict or a checkpoint path, "
+            f"or put torchvision's file in {cache} (where its download keeps it) and name it by its weights "
+            f"{sorted(known_files)}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{argument}: {path} does not hold a state dict (got {type(state).__name__})")
+    if isinstance(state.get("model"), Mapping):  # a training checkpoint {"model": ..., "optimizer": ...}
+        state = state["model"]
+    return dict(state)
+
+
+def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: Optional[int] = None,
+                          weights_backbone=None, trainable_backbone_layers: Optional[int] = None,
+                          **kwargs) -> MaskRCNN:
+    """torchvision's ``maskrcnn_resnet50_fpn`` (v1), with its keywords and their meaning.
+
+    Args:
+        weights: Mask R-CNN weights: a state dict, a checkpoint path, or torchvision's
+            ``MaskRCNN_ResNet50_FPN_Weights`` / its name, read from the torch hub cache (never downloaded;
+            see ``read_weights``). The model then has ``FrozenBatchNorm2d`` (eps 0, as torchvision's COCO_V1)
+            and ``num_classes`` defaults to the checkpoint's.
+        progress: accepted for torchvision's signature; nothing is downloaded.
+        num_classes: classes including background; default 91 (or the checkpoint's).
+        weights_backbone: an ImageNet ResNet-50 for the body (same forms; ``ResNet50_Weights``); then
+            ``FrozenBatchNorm2d`` with eps 1e-5, as torchvision.
+        trainable_backbone_layers: 0..5 of (layer4, layer3, layer2, layer1, conv1) trained; default 3 with
+            weights. Without any weights every layer trains and the normalisation is a trainable
+            ``BatchNorm2d``, as torchvision builds it (a value given anyway warns and becomes 5).
+        kwargs: torchvision's ``MaskRCNN`` keywords. Numbers and tuples are config fields (``min_size``,
+            ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``); config fields given here (e.g.
+            ``norm="frozen_bn"``) win over the choices above. Modules (``rpn_anchor_generator``,
+            ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``, ``mask_roi_pool``, ``mask_head``,
+            ``mask_predictor``) replace the model's parts before the weights load, as torchvision's;
+            ``num_classes`` then defaults to the ``box_predictor``'s. A config does not record such
+            modules: ``load_checkpoint`` rebuilds the default parts.
+    """
+    if "trainable_layers" in kwargs and trainable_backbone_layers is not None:
+        raise TypeError("give trainable_backbone_layers or trainable_layers, not both")
+    parts = {name: kwargs.pop(name) for name in TORCHVISION_MODULE_ARGUMENTS if kwargs.get(name) is not None}
+    if "box_predictor" in parts:
+        predictor_classes = parts["box_predictor"].cls_score.out_features
+        if num_classes is not None and num_classes != predictor_classes:
+            raise ValueError(f"num_classes={num_classes} does not match box_predictor's {predictor_classes} classes")
+        num_classes = predictor_classes
+    state = read_weights(weights, MASKRCNN_WEIGHTS_FILES, "weights") if weights is not None else None
+    backbone_state = None
+    if state is not None:
+        ckpt_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+        if num_classes is not None and num_classes != ckpt_classes:
+            raise ValueError(f"num_classes={num_classes} does not match the weights' {ckpt_classes} classes; "
+                             f"build with the weights, then replace the predictors")
+        num_classes = ckpt_classes
+    elif weights_backbone is not None:
+        backbone_state = read_weights(weights_backbone, RESNET50_WEIGHTS_FILES, "weights_backbone")
+    if num_classes is None:
+        num_classes = 91
+    is_trained = state is not None or backbone_state is not None
+    layers = validate_trainable_layers(is_trained, trainable_backbone_layers, 5, 3)
+    choices = dict(trainable_layers=layers)
+    if state is not None:
+        choices.update(norm="frozen_bn", frozen_bn_eps=0.0)
+    elif backbone_state is not None:
+        choices.update(norm="frozen_bn", frozen_bn_eps=1e-5)
+    else:
+        choices.update(norm="bn")
+    choices.update(kwargs)
+    model = build_model(_config.r50_fpn(num_classes, **choices))
+    rpn, heads = model.rpn, model.roi_heads
+    rpn.anchor_generator = parts.get("rpn_anchor_generator", rpn.anchor_generator)
+    rpn.head = parts.get("rpn_head", rpn.head)
+    heads.box_roi_pool = parts.get("box_roi_pool", heads.box_roi_pool)
+    heads.box_head = parts.get("box_head", heads.box_head)
+    heads.box_predictor = parts.get("box_predictor", heads.box_predictor)
+    heads.mask_roi_pool = parts.get("mask_roi_pool", heads.mask_roi_pool)
+    heads.mask_head = parts.get("mask_head", heads.mask_head)
+    heads.mask_predictor = parts.get("mask_predictor", heads.mask_predictor)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    if backbone_state is not None:
+        body = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        model.backbone.body.load_state_dict(body, strict=True)
+    return model

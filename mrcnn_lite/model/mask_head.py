@@ -18,7 +18,7 @@ The last step, pasting the 28x28 probabilities into the full-size image, is ``tr
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +32,26 @@ class MaskRCNNHeads(nn.Sequential):
 
     Each block is ``Sequential(conv, relu)``, so the parameter names are ``0.0.weight``, ``1.0.weight``, ...
     exactly as torchvision's ``MaskRCNNHeads`` (built from ``Conv2dNormActivation`` without a norm layer).
+    ``norm_layer`` (torchvision's argument, ``channels -> module``) puts a norm layer between each conv
+    and its ReLU (``Sequential(conv, norm, relu)``) and drops the conv's bias, as torchvision's v2 heads.
     """
 
-    def __init__(self, in_channels: int, layers: Sequence[int], dilation: int = 1):
+    def __init__(self, in_channels: int, layers: Sequence[int], dilation: int = 1,
+                 norm_layer: Optional[Callable[[int], nn.Module]] = None):
         blocks = []
         next_feature = in_channels
         for layer_features in layers:
-            conv = nn.Conv2d(next_feature, layer_features, kernel_size=3, stride=1, padding=dilation, dilation=dilation)
-            blocks.append(nn.Sequential(conv, nn.ReLU(inplace=True)))
+            conv = nn.Conv2d(next_feature, layer_features, kernel_size=3, stride=1, padding=dilation,
+                             dilation=dilation, bias=norm_layer is None)  # a norm's shift replaces the bias
+            norm = [] if norm_layer is None else [norm_layer(layer_features)]
+            blocks.append(nn.Sequential(conv, *norm, nn.ReLU(inplace=True)))
             next_feature = layer_features
         super().__init__(*blocks)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 class MaskRCNNPredictor(nn.Sequential):

@@ -12,12 +12,11 @@ Training returns the five losses ``loss_classifier, loss_box_reg, loss_mask, los
 loss_rpn_box_reg``; evaluation returns one dict per image with ``boxes (m, 4)``, ``labels (m,)``,
 ``scores (m,)`` and ``masks (m, 1, H, W)`` (soft, in [0, 1]; threshold at 0.5 for a binary mask).
 
-Module names follow torchvision, so ``maskrcnn_resnet50_fpn(num_classes=91)`` has exactly the 307
-state-dict keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads),
-loading it is one line::
+Module names follow torchvision, so ``build_model(config.r50_fpn(91))`` has exactly the 307 state-dict
+keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads), loading it
+is one line (torchvision's builder and its keywords live in ``interop.py``)::
 
-    model = ml.maskrcnn_resnet50_fpn(num_classes=91)
-    model.load_state_dict(torch.load("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", weights_only=True))
+    model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
 ``forward(images, targets, return_intermediates=True)`` also returns a dict of every stage's results
 (transformed images, features, anchors, proposals, sampled RoIs, logits, detections before
@@ -106,7 +105,10 @@ class MaskRCNN(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.cfg.num_classes
+        """Classes including background: the box predictor's outputs, which stay right when a fine-tuning
+        script replaces the predictors (torchvision's recipe); ``cfg.num_classes`` is what was built."""
+        cls_score = getattr(self.roi_heads.box_predictor, "cls_score", None)
+        return cls_score.out_features if isinstance(cls_score, nn.Linear) else self.cfg.num_classes
 
     def kernels_used(self) -> Dict[str, str]:
         """Which implementation ran each swappable op: op -> implementation(s), comma-separated.
@@ -129,7 +131,7 @@ class MaskRCNN(nn.Module):
         return_intermediates: bool = False,
     ):
         param = next(self.parameters())
-        check_inputs(images, targets, self.cfg.num_classes, self.training, self.transform.min_size,
+        check_inputs(images, targets, self.num_classes, self.training, self.transform.min_size,
                      self.transform.max_size, param.dtype, param.device)
         inter: Optional[Dict[str, Any]] = {} if return_intermediates else None
         original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -163,9 +165,3 @@ def build_model(cfg: _config.MaskRCNNConfig) -> MaskRCNN:
     """A Mask R-CNN from a config, e.g. ``build_model(config.tiny(num_classes=4))`` for the CPU lessons."""
     return MaskRCNN(cfg)
 
-
-def maskrcnn_resnet50_fpn(num_classes: int = 91, **kwargs) -> MaskRCNN:
-    """torchvision's ``maskrcnn_resnet50_fpn`` (v1) architecture; ``kwargs`` are its MaskRCNN hyperparameters
-    (``min_size``, ``max_size``, ``rpn_*``, ``box_*``, ...; see ``MaskRCNNConfig``). Random weights; load
-    torchvision's COCO v1 checkpoint with ``model.load_state_dict(state_dict)`` (307 keys, strict)."""
-    return build_model(_config.r50_fpn(num_classes, **kwargs))

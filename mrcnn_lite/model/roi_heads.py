@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import BoxCoder, box_dtype
+from . import box_head
 from .box_head import fastrcnn_loss, postprocess_detections, select_training_samples
 from .mask_head import maskrcnn_inference, maskrcnn_loss
 from .matching import BalancedPositiveNegativeSampler, Matcher
@@ -33,7 +34,13 @@ class RoIHeads(nn.Module):
         image_shapes: list of B ``(h, w)`` resized image sizes
         targets:      in training, B dicts with ``boxes (n_i, 4)``, ``labels (n_i,)``, ``masks (n_i, h, w)``
         intermediates: optional dict, filled with the branch's inner results (for the notebooks)
-    ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call.
+    ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call. The constructor takes
+    torchvision's arguments in torchvision's order; the keypoint branch (Keypoint R-CNN) is not built here,
+    so ``keypoint_*`` must stay None.
+
+    torchvision's methods are here too (``add_gt_proposals``, ``assign_targets_to_proposals``, ``subsample``,
+    ``check_targets``, ``select_training_samples``, ``postprocess_detections``, ``has_mask``,
+    ``has_keypoint``), each calling the function of ``box_head.py`` that does the work.
     Returns ``(result, losses)``: in eval, B dicts ``boxes, labels, scores, masks (m, 1, 28, 28)``; in
     training, ``{"loss_classifier", "loss_box_reg", "loss_mask"}``.
     """
@@ -54,10 +61,17 @@ class RoIHeads(nn.Module):
         mask_roi_pool: Optional[nn.Module] = None,
         mask_head: Optional[nn.Module] = None,
         mask_predictor: Optional[nn.Module] = None,
+        keypoint_roi_pool: Optional[nn.Module] = None,
+        keypoint_head: Optional[nn.Module] = None,
+        keypoint_predictor: Optional[nn.Module] = None,
         batched_nms: Callable = ops.batched_nms,
         roi_align: Callable = ops.roi_align,
     ):
         super().__init__()
+        if keypoint_roi_pool is not None or keypoint_head is not None or keypoint_predictor is not None:
+            raise ValueError("RoIHeads: keypoint_roi_pool, keypoint_head and keypoint_predictor must be None "
+                             "(mrcnn_lite builds Mask R-CNN, not Keypoint R-CNN)")
+        self.box_similarity = ops.box_iou
         # Box branch training: IoU >= fg -> positive, < bg -> background, and no low-quality matches
         # (the GT boxes themselves are added to the proposals, so every GT has a perfect positive).
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
@@ -74,12 +88,57 @@ class RoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+        self.keypoint_roi_pool = self.keypoint_head = self.keypoint_predictor = None
 
         self.batched_nms = batched_nms  # the kernels the model's cfg.kernels picks (see kernels.py)
         self.roi_align = roi_align      # resamples the GT masks for the mask targets
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    def has_keypoint(self) -> bool:
+        return False  # no keypoint branch (see the constructor)
+
+    # ---- torchvision's methods: each one calls the function of box_head.py that does the work ----
+    def add_gt_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor]) -> List[Tensor]:
+        """Each image's ``gt_boxes (n_i, 4)`` appended to its ``proposals (P_i, 4)``."""
+        return box_head.add_gt_proposals(proposals, gt_boxes)
+
+    def assign_targets_to_proposals(
+        self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """Per image, ``matched_idxs (P_i,)`` and ``labels (P_i,)`` (0 background, -1 ignored)."""
+        return box_head.assign_targets_to_proposals(proposals, gt_boxes, gt_labels, self.proposal_matcher)
+
+    def subsample(self, labels: List[Tensor]) -> List[Tensor]:
+        """Per image, the indices of the RoIs ``fg_bg_sampler`` draws for the loss, ascending."""
+        return box_head.subsample(labels, self.fg_bg_sampler)
+
+    def check_targets(self, targets: Optional[List[Dict[str, Tensor]]]) -> None:
+        """Training targets are given, each with ``boxes`` and ``labels``, and ``masks`` if there is a mask branch."""
+        if targets is None:
+            raise ValueError("RoIHeads: targets must be given in training mode")
+        keys = ("boxes", "labels", "masks") if self.has_mask() else ("boxes", "labels")
+        for i, t in enumerate(targets):
+            for key in keys:
+                if key not in t:
+                    raise ValueError(f"RoIHeads: targets[{i}] has no {key!r}")
+
+    def select_training_samples(
+        self, proposals: List[Tensor], targets: Optional[List[Dict[str, Tensor]]]
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], Tuple[Tensor, ...]]:
+        """Per image, the sampled RoIs and their ``matched_idxs``, ``labels`` and ``regression_targets``."""
+        self.check_targets(targets)
+        return select_training_samples(proposals, [t["boxes"] for t in targets], [t["labels"] for t in targets],
+                                       self.proposal_matcher, self.fg_bg_sampler, self.box_coder)
+
+    def postprocess_detections(
+        self, class_logits: Tensor, box_regression: Tensor, proposals: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Per image, the final ``boxes (m, 4)``, ``scores (m,)`` and ``labels (m,)``, best first."""
+        return postprocess_detections(class_logits, box_regression, proposals, image_shapes, self.box_coder,
+                                      self.score_thresh, self.nms_thresh, self.detections_per_img, self.batched_nms)
 
     def forward(
         self,
@@ -91,16 +150,7 @@ class RoIHeads(nn.Module):
     ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
         inter = intermediates if intermediates is not None else {}
         if self.training:
-            if targets is None:
-                raise ValueError("RoIHeads: targets must be given in training mode")
-            proposals, matched_idxs, labels, regression_targets = select_training_samples(
-                proposals,
-                [t["boxes"] for t in targets],
-                [t["labels"] for t in targets],
-                self.proposal_matcher,
-                self.fg_bg_sampler,
-                self.box_coder,
-            )
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
             inter.update(sampled_proposals=proposals, matched_idxs=matched_idxs, labels=labels,
                          regression_targets=regression_targets)
 

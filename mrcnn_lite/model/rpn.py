@@ -26,7 +26,7 @@ clipping, filtering and NMS go image by image, since each image keeps a differen
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,15 @@ def rpn_loss(
 # --------------------------------------------------------------------------------------------------
 # The RPN: anchors + head + proposal filtering + training targets and losses.
 # --------------------------------------------------------------------------------------------------
+def _top_n_dict(name: str, value: Union[int, Mapping[str, int]]) -> Dict[str, int]:
+    """``{"training": n, "testing": m}`` from torchvision's dict, or from one int used in both modes."""
+    if isinstance(value, int):
+        return {"training": value, "testing": value}
+    if isinstance(value, Mapping) and {"training", "testing"} <= set(value):
+        return {"training": int(value["training"]), "testing": int(value["testing"])}
+    raise ValueError(f"{name} must be an int or a dict with keys 'training' and 'testing', got {value!r}")
+
+
 class RegionProposalNetwork(nn.Module):
     """Region Proposal Network: proposals for every image, and (in training) the two RPN losses.
 
@@ -87,8 +96,9 @@ class RegionProposalNetwork(nn.Module):
         bg_iou_thresh: an anchor whose best IoU is < this is background (label 0); between: ignored (-1).
         batch_size_per_image: anchors sampled per image for the loss (torchvision's default 256).
         positive_fraction: at most this fraction of them positive (0.5).
-        pre_nms_top_n: ``dict(training=, testing=)`` -- proposals kept *per level* before NMS.
-        post_nms_top_n: ``dict(training=, testing=)`` -- proposals kept *per image* after NMS.
+        pre_nms_top_n: ``dict(training=, testing=)`` -- proposals kept *per level* before NMS
+            (one int: the same number in both modes).
+        post_nms_top_n: ``dict(training=, testing=)`` -- proposals kept *per image* after NMS (or an int).
         nms_thresh: IoU threshold of the NMS between proposals (0.7).
         score_thresh: drop proposals with objectness probability below this (0.0).
         nms_fn: ``batched_nms(boxes, scores, idxs, iou_threshold)`` to use; default the from-scratch
@@ -113,16 +123,13 @@ class RegionProposalNetwork(nn.Module):
         bg_iou_thresh: float,
         batch_size_per_image: int,
         positive_fraction: float,
-        pre_nms_top_n: Mapping[str, int],
-        post_nms_top_n: Mapping[str, int],
+        pre_nms_top_n: Union[int, Mapping[str, int]],
+        post_nms_top_n: Union[int, Mapping[str, int]],
         nms_thresh: float,
         score_thresh: float = 0.0,
         nms_fn: Optional[Callable[[Tensor, Tensor, Tensor, float], Tensor]] = None,
     ):
         super().__init__()
-        for name, d in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
-            if not {"training", "testing"} <= set(d):
-                raise ValueError(f"{name} must be a dict with keys 'training' and 'testing', got {dict(d)}")
         self.anchor_generator = anchor_generator
         self.head = head
         # RPN deltas are not rescaled: weights (1, 1, 1, 1).
@@ -130,8 +137,8 @@ class RegionProposalNetwork(nn.Module):
         self.box_similarity = ops.box_iou
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self._pre_nms_top_n = dict(pre_nms_top_n)
-        self._post_nms_top_n = dict(post_nms_top_n)
+        self._pre_nms_top_n = _top_n_dict("pre_nms_top_n", pre_nms_top_n)
+        self._post_nms_top_n = _top_n_dict("post_nms_top_n", post_nms_top_n)
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = 1e-3  # proposals thinner than this (pixels) are dropped

@@ -18,8 +18,15 @@ _FORMATS = ("xyxy", "xywh", "cxcywh")
 def _check_boxes(boxes: Tensor, name: str = "boxes") -> None:
     if not isinstance(boxes, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
-    if boxes.dim() != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
+    if boxes.dim() < 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) (or (..., N, 4) for batches), got {tuple(boxes.shape)}")
+
+
+def _check_fmt(fmt: str, fn: str) -> None:
+    if fmt not in _FORMATS:
+        # torchvision also accepts rotated formats ('xywhr', 'cxcywhr', 'xyxyxyxy') through its compiled
+        # kernel; the from-scratch ops handle axis-aligned boxes only.
+        raise ValueError(f"{fn}: fmt must be one of {_FORMATS} (axis-aligned boxes), got {fmt!r}")
 
 
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
@@ -64,29 +71,48 @@ def _upcast(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.int32, torch.int64) else t.int()
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """Area of ``boxes (N, 4) xyxy`` -> ``(N,)``."""
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
+    """Area of ``boxes (..., 4)`` -> ``(...)``; ``fmt`` is ``'xyxy'`` (default), ``'xywh'`` or ``'cxcywh'``."""
+    _check_fmt(fmt, "box_area")
     boxes = _upcast(boxes)
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if fmt == "xyxy":
+        return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return boxes[..., 2] * boxes[..., 3]  # the other two formats carry width and height
 
 
-def _box_inter_union(boxes1: Tensor, boxes2: Tensor) -> Tuple[Tensor, Tensor]:
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    # Broadcast (N, 1, 2) against (M, 2): the overlap rectangle of every pair.
-    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])  # (N, M, 2) top-left corners
-    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])  # (N, M, 2) bottom-right corners
-    wh = _upcast(rb - lt).clamp(min=0)                  # no overlap -> zero width or height
-    inter = wh[:, :, 0] * wh[:, :, 1]
-    union = area1[:, None] + area2 - inter
+def _corners(boxes: Tensor, fmt: str) -> Tuple[Tensor, Tensor]:
+    """Top-left and bottom-right corners ``(..., 2)`` of ``boxes (..., 4)`` in format ``fmt``."""
+    if fmt == "xyxy":
+        return boxes[..., :2], boxes[..., 2:]
+    if fmt == "xywh":
+        return boxes[..., :2], boxes[..., :2] + boxes[..., 2:]
+    return boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2  # cxcywh
+
+
+def _box_inter_union(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tuple[Tensor, Tensor]:
+    """Intersection and union areas of every pair: ``(..., N, 4)`` and ``(..., M, 4)`` -> two ``(..., N, M)``."""
+    area1 = box_area(boxes1, fmt)
+    area2 = box_area(boxes2, fmt)
+    tl1, br1 = _corners(boxes1, fmt)
+    tl2, br2 = _corners(boxes2, fmt)
+    # Broadcast (..., N, 1, 2) against (..., 1, M, 2): the overlap rectangle of every pair.
+    lt = torch.max(tl1[..., :, None, :], tl2[..., None, :, :])  # (..., N, M, 2) top-left corners
+    rb = torch.min(br1[..., :, None, :], br2[..., None, :, :])  # (..., N, M, 2) bottom-right corners
+    wh = _upcast(rb - lt).clamp(min=0)                            # no overlap -> zero width or height
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter, union
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Intersection over union of every pair: ``boxes1 (N, 4)``, ``boxes2 (M, 4)`` xyxy -> ``(N, M)``."""
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
+    """Intersection over union of every pair: ``boxes1 (..., N, 4)``, ``boxes2 (..., M, 4)`` -> ``(..., N, M)``.
+
+    ``fmt``: ``'xyxy'`` (default), ``'xywh'`` or ``'cxcywh'``, as in torchvision 0.29.
+    """
     _check_boxes(boxes1, "boxes1")
     _check_boxes(boxes2, "boxes2")
-    inter, union = _box_inter_union(boxes1, boxes2)
+    _check_fmt(fmt, "box_iou")
+    inter, union = _box_inter_union(boxes1, boxes2, fmt)
     return inter / union
 
 

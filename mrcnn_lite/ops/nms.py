@@ -65,6 +65,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         scores: ``(N,)``.
         iou_threshold: boxes overlapping a kept box with IoU *strictly greater* than this are dropped.
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:  # whatever the other arguments, as torchvision
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check(boxes, scores, "nms")
     return _greedy(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)
 
@@ -74,6 +76,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Returns indices ``(K,) int64`` sorted by decreasing score, like ``torchvision.ops.batched_nms``.
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:  # torchvision's batched_nms(empty, None, None, None)
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check(boxes, scores, "batched_nms")
     if not isinstance(idxs, Tensor):
         raise TypeError(f"batched_nms: idxs must be a torch.Tensor, got {type(idxs).__name__}")
