@@ -84,7 +84,7 @@ def export_checkpoint(src, dst, *, eval_seed: Optional[int] = 99, num_eval: int 
         "format": FORMAT,
         "model": weights,
         "model_config": state["model_config"],
-        "meta": dict(state.get("meta", {})),
+        "meta": _portable_meta(state.get("meta", {})),
         "train_config": state.get("train_config", {}),
         "global_step": state.get("global_step"),
         "history": history,
@@ -118,6 +118,16 @@ def measure_heldout(state: Dict[str, Any], seed: int, num_images: int, threads: 
     metrics = evaluate(model, dataset, verbose=verbose)
     return {"dataset": f"ShapesDataset({num_images}, seed={seed})", "seed": seed, "num_images": num_images,
             "seconds": round(time.perf_counter() - start, 1), **metrics}
+
+
+def _portable_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``meta`` with the training command written as one would type it (``python -m mrcnn_lite train ...``),
+    not with the absolute path of the ``__main__.py`` that ``sys.argv[0]`` holds on the training machine."""
+    meta = dict(meta)
+    command = meta.get("command")
+    if isinstance(command, str) and command.split(" ", 1)[0].endswith("__main__.py"):
+        meta["command"] = "python -m mrcnn_lite" + command[len(command.split(" ", 1)[0]):]
+    return meta
 
 
 def _training_seeds(state: Dict[str, Any]) -> set:

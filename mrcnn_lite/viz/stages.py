@@ -131,28 +131,16 @@ def draw_stage_walk(walk: Dict[str, Any], image: torch.Tensor, class_names: Opti
     the proposals after NMS; the RoIs a training step would sample (green positives, grey negatives; only
     with a target); the detections (score >= ``score_thresh``) and their pasted masks.
     """
-    s = walk["scale"]
     c = walk["counts"]
     panels = 6 if walk["sampled_rois"] is not None else 5
     if axes is None:
         _, axes = plt.subplots(1, panels, figsize=(2.9 * panels, 3.2))
     axes = list(np.ravel(axes))
+    draw_rpn_steps(walk, image, axes=axes[:3], max_drawn=max_drawn)
+    s = walk["scale"]
 
     def base(ax, title):
         draw_instances(image, ax=ax, title=title)
-
-    k = len(walk["top_anchors"])
-    base(axes[0], f"{c['anchors']} anchors: best {k},\nbefore (dashed) / after regression")
-    _boxes(axes[0], walk["top_anchors"] * s, "white", lw=0.8, ls="--")
-    _boxes(axes[0], walk["top_decoded"] * s, "yellow", lw=1.0)
-
-    order = walk["pre_nms_scores"].argsort(descending=True)[:max_drawn]
-    base(axes[1], f"{c['top-scored (pre-NMS)']} top-scored before NMS\n(best {min(max_drawn, len(order))} drawn)")
-    _boxes(axes[1], walk["pre_nms_boxes"][order] * s, "orange", lw=0.6, alpha=0.8)
-
-    n = min(max_drawn, len(walk["proposals"]))
-    base(axes[2], f"{c['proposals (after NMS)']} proposals after NMS\n(best {n} drawn)")
-    _boxes(axes[2], walk["proposals"][:n] * s, "cyan", lw=0.6, alpha=0.9)
 
     i = 3
     if walk["sampled_rois"] is not None:
@@ -173,6 +161,31 @@ def draw_stage_walk(walk: Dict[str, Any], image: torch.Tensor, class_names: Opti
                    ax=axes[i + 1], score_thresh=score_thresh, show_text=False,
                    title=f"{c['masks']} masks (28x28, pasted)")
     plt.tight_layout()
+    return axes
+
+
+def draw_rpn_steps(walk: Dict[str, Any], image: torch.Tensor, axes=None, max_drawn: int = 50):
+    """The RPN's three steps on the input ``image``: the best anchors before (dashed white) and after
+    (yellow) their predicted deltas; the per-level top-n before NMS; the proposals after NMS. Returns the axes."""
+    s = walk["scale"]
+    c = walk["counts"]
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(8.7, 3.2))
+    axes = list(np.ravel(axes))
+
+    k = len(walk["top_anchors"])
+    draw_instances(image, ax=axes[0], title=f"{c['anchors']} anchors: best {k},\nbefore (dashed) / after regression")
+    _boxes(axes[0], walk["top_anchors"] * s, "white", lw=0.8, ls="--")
+    _boxes(axes[0], walk["top_decoded"] * s, "yellow", lw=1.0)
+
+    order = walk["pre_nms_scores"].argsort(descending=True)[:max_drawn]
+    draw_instances(image, ax=axes[1], title=f"{c['top-scored (pre-NMS)']} top-scored before NMS\n"
+                                            f"(best {min(max_drawn, len(order))} drawn)")
+    _boxes(axes[1], walk["pre_nms_boxes"][order] * s, "orange", lw=0.6, alpha=0.8)
+
+    n = min(max_drawn, len(walk["proposals"]))
+    draw_instances(image, ax=axes[2], title=f"{c['proposals (after NMS)']} proposals after NMS\n(best {n} drawn)")
+    _boxes(axes[2], walk["proposals"][:n] * s, "cyan", lw=0.6, alpha=0.9)
     return axes
 
 
