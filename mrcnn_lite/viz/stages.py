@@ -59,7 +59,8 @@ def stage_walk(model, image: torch.Tensor, target: Optional[Dict[str, torch.Tens
     H, W = int(image.shape[-2]), int(image.shape[-1])
     image_list, targets = model.transform([image], [dict(target)] if target is not None else None)
     batch = image_list.tensors
-    if getattr(model, "channels_last", False):
+    # The model's own memory layout (a config field, or an attribute in older versions): same numbers.
+    if getattr(model.cfg, "channels_last", getattr(model, "channels_last", False)):
         batch = batch.contiguous(memory_format=torch.channels_last)
     features = model.backbone(batch)
     feature_list = list(features.values())
@@ -115,6 +116,35 @@ def stage_walk(model, image: torch.Tensor, target: Optional[Dict[str, torch.Tens
         "image_size": (h, w), "input_size": (H, W),
         "scale": torch.tensor([W / w, H / h, W / w, H / h]),
     }
+
+
+@torch.no_grad()
+def rpn_proposals(model, images: Sequence[torch.Tensor]):
+    """The RPN's anchors and final proposals for a list of images, without running the RoI heads.
+
+    ``images``: B ``(3, H, W)`` in [0, 1]. Returns ``(anchors, proposals)``: two lists of B ``(N_i, 4)``
+    boxes x1y1x2y2 in each *input* image's pixels (the model works on resized images; we scale back).
+    """
+    model.eval()
+    image_list, _ = model.transform(list(images))
+    batch = image_list.tensors
+    if getattr(model.cfg, "channels_last", getattr(model, "channels_last", False)):
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    feature_list = list(model.backbone(batch).values())
+    rpn = model.rpn
+    objectness_l, deltas_l = rpn.head(feature_list)
+    anchors = rpn.anchor_generator(image_list.tensors, feature_list)
+    objectness, deltas = concat_box_prediction_layers(objectness_l, deltas_l)
+    B, N = objectness.shape
+    decoded = rpn.box_coder.decode_single(deltas.float().reshape(-1, 4), torch.cat(anchors)).view(B, N, 4)
+    proposals, _ = rpn.filter_proposals(decoded, objectness.float(), image_list.image_sizes,
+                                        [int(o[0].numel()) for o in objectness_l])
+    out_a, out_p = [], []
+    for img, (h, w), a, p in zip(images, image_list.image_sizes, anchors, proposals):
+        scale = torch.tensor([img.shape[-1] / w, img.shape[-2] / h] * 2)
+        out_a.append(a * scale)
+        out_p.append(p * scale)
+    return out_a, out_p
 
 
 def _boxes(ax, boxes, color, lw=1.0, ls="-", alpha=1.0):
