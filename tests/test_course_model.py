@@ -88,3 +88,24 @@ def test_export_has_help_and_clear_errors(tmp_path, capsys):
         main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o.pt")])
     with pytest.raises(FileNotFoundError, match="course checkpoint not found"):
         ml.load_course_model(tmp_path / "nope.pt")
+
+
+def test_the_shipped_course_model_reaches_its_heldout_mask_ap():
+    """The one binary the repository tracks: small, safe to load, and as good as its file says on new images."""
+    assert COURSE_CHECKPOINT.is_file(), f"{COURSE_CHECKPOINT} is missing (data/README.md: how to make it)"
+    assert COURSE_CHECKPOINT.stat().st_size <= 5 * 1024 * 1024
+    state = torch.load(COURSE_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert state["format"] == FORMAT
+    assert all(v.dtype in (torch.float16, torch.int64) for v in state["model"].values())
+    seeds = {state["train_config"]["seed"], state["train_config"]["seed"] + 1, state["metrics"]["heldout"]["seed"]}
+    assert TEST_SEED not in seeds  # a split neither the training nor the file's own measurement used
+
+    model = ml.load_course_model()
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and not model.training
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        metrics = evaluate(model, ShapesDataset(TEST_IMAGES, seed=TEST_SEED))
+    finally:
+        torch.set_num_threads(previous)
+    assert metrics["segm"]["AP"] >= 0.70, metrics
