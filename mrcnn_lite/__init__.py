@@ -5,10 +5,37 @@
     model = ml.build_model(ml.config.tiny(num_classes=4))
     model = ml.load_checkpoint("runs/demo/checkpoint.pt")  # a trained model, rebuilt from its config
     model = ml.load_course_model()           # the shipped trained course model (float32, eval mode)
+
+``cfg.kernels`` picks the floor a model runs on: ``"reference"`` (the plain code in ``ops`` and ``model``)
+or ``"fast"`` (the default: ``mrcnn_lite.fast``); both give the same numbers.
 """
 from . import config, ops
-from .model.mask_rcnn import build_model, from_torchvision, maskrcnn_resnet50_fpn
-from .engine.checkpoint import load_checkpoint
-from .pretrained import course_model_info, load_course_model
+from .model.interop import from_torchvision
+from .model.mask_rcnn import build_model, maskrcnn_resnet50_fpn
 
 __version__ = "0.1.0"
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """``mrcnn_lite.engine.checkpoint.load_checkpoint``: a trained model rebuilt from its ``checkpoint.pt``.
+
+    Imported when called, so that ``import mrcnn_lite`` (the model and its ops) does not need the
+    training and evaluation stack (pycocotools).
+    """
+    from .engine.checkpoint import load_checkpoint as load
+    return load(path, map_location=map_location)
+
+
+def load_course_model(path=None, map_location="cpu"):
+    """``mrcnn_lite.pretrained.load_course_model``: the shipped trained course model, float32, eval mode.
+
+    Imported when called, like ``load_checkpoint``.
+    """
+    from .pretrained import load_course_model as load
+    return load(path, map_location=map_location)
+
+
+def course_model_info(path=None):
+    """``mrcnn_lite.pretrained.course_model_info``: the shipped file's config, metrics and training history."""
+    from .pretrained import course_model_info as info
+    return info(path)

@@ -8,7 +8,7 @@ Commands:
     shapes    generate the synthetic shapes data, export it as COCO (train + val), draw a sample grid
     export    turn a training checkpoint into the small shipped inference file (float16 weights,
               config, held-out metrics, training history)
-    bench     speed benchmarks (see ``mrcnn_lite.bench``)
+    bench     speed benchmarks against torchvision (see ``mrcnn_lite.tools.bench``)
 
     python -m mrcnn_lite train --config tiny-shapes --out runs/demo
     python -m mrcnn_lite evaluate --checkpoint runs/demo/checkpoint.pt \
@@ -16,33 +16,112 @@ Commands:
     python -m mrcnn_lite predict --checkpoint runs/demo/checkpoint.pt img1.png img2.png --out runs/pred
 
 Each command is one ``add_<name>_parser`` function that registers its sub-parser and points it at a
-``cmd_<name>(args)`` function, so later commands (train, evaluate, predict, bench) slot in the same way.
+``cmd_<name>(args)`` function.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-# The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in under
-# 10 minutes on 2 CPU cores. Every value can be overridden on the command line.
-# AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
-# mask AP 0.15 vs 0.03 after 300 steps). Fresh images every step: one epoch of 3000 steps of 4 generated
-# images (about 8 minutes on 2 quiet CPU cores; `make demo` as a whole 8.5).
-TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
+# The default course run (``train --config tiny-shapes``), the fastest recipe that reaches the previous
+# one's held-out AP (benchmarks/recipe_bench.py times both side by side; the README has the numbers).
+# Every value can be overridden on the command line.
+# AdamW, not SGD: from scratch and in a few thousand steps it learns several times faster.
+# Fresh images every step, 2 per step: most of a step's cost is per image (backbone, RPN, RoI heads), so
+# halving the batch nearly halves the step, and at the same number of updates the model learns almost
+# as much from half the images (one epoch of 3000 steps of 2 generated images).
+TINY_SHAPES_RECIPE = dict(num_train=6000, num_val=50, epochs=1, batch_size=2, optimizer="adamw", lr=2e-3,
                           weight_decay=0.05, warmup=50)
-# Model changes for the course run: trainable BatchNorm (training from scratch); 64 sampled RoIs per
-# image instead of 128 (shapes images hold at most six objects, and the box head costs half as much);
-# and the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192). A shape of
-# 12 px then covers 4-5 cells of the stride-4 map P2 instead of 3, enough to tell a small rotated square
-# from a circle: held-out mask AP 0.66 -> 0.75, AP50 0.87 -> 0.92 after the same 3000 steps. It costs
-# little, because the step's time goes mostly to the RoI heads, whose inputs are 7x7 and 14x14 whatever
-# the image size (0.16 -> 0.17 s per step). Predictions come back at the input images' own size.
-TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
+# Model changes for the course run:
+# - trainable BatchNorm (training from scratch);
+# - the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192): a 12-px shape then
+#   covers 4-5 cells of the stride-4 map P2 instead of 3, enough to tell a small rotated square from a
+#   circle; predictions come back at the input images' own size;
+# - 32 sampled RoIs per image instead of the tiny preset's 128 (at most 8 positives at the positive
+#   fraction 0.25): a shapes image holds at most six objects, and the box and mask heads, which run on
+#   every sampled RoI (box) and every positive one (mask), forward and backward, are the costliest part
+#   of a step;
+# - in training only, the top 300 RPN proposals per level before NMS and 150 per image after it (the
+#   GT boxes join them for the RoI heads): plenty to sample 32 RoIs from, with less NMS and matching.
+TINY_SHAPES_MODEL = dict(norm="bn", min_size=192, max_size=192, box_batch_size_per_image=32,
+                         rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150)
+# The recipe before this one, kept only so that benchmarks/recipe_bench.py can time both side by side.
+TINY_SHAPES_RECIPE_V1 = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
+                             weight_decay=0.05, warmup=50)
+TINY_SHAPES_MODEL_V1 = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
+
+
+# ----------------------------------------------------------------------------------- argument types
+# Each checks one command-line value in the parser, so a bad value is a usage error naming the
+# argument ("argument --lr: must be a finite number > 0, got nan") before anything runs.
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"  # what argparse calls the type in its messages
+    return parse
+
+
+def _float_in(low: float, high: float = float("inf"), low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE_INT, NON_NEGATIVE_INT = _int_at_least(1), _int_at_least(0)
+POSITIVE_FLOAT, NON_NEGATIVE_FLOAT = _float_in(0.0, low_open=True), _float_in(0.0)
+PROBABILITY = _float_in(0.0, 1.0)
+
+
+def _check_out_dir(path: Path, arg: str = "--out") -> None:
+    """Make sure the output folder exists (or can be made) and is writable, before any work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise SystemExit(f"error: {arg} {path}: cannot write there ({e.strerror or e})")
+
+
+def _check_out_file(path: Path, arg: str = "--out") -> None:
+    """Make sure ``path`` can be written as a file (its folder exists or can be made), before any work."""
+    if path.is_dir():
+        raise SystemExit(f"error: {arg} {path} is a folder; give a file name (e.g. {path / 'metrics.json'})")
+    _check_out_dir(path.parent, f"{arg} {path}: its folder")
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message: the CLI prints one clear line, not a traceback."""
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1:
+        # re-raised from a DataLoader worker: the original message is the traceback's last line
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0]
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -55,12 +134,12 @@ def add_shapes_parser(subparsers) -> None:
                     "(DIR/<split>/images/*.png + DIR/<split>/annotations.json) and save a sample "
                     "grid to DIR/shapes_grid.png.")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--num-train", type=int, default=64, help="training images (default 64)")
-    p.add_argument("--num-val", type=int, default=32, help="validation images (default 32)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--num-train", type=POSITIVE_INT, default=64, help="training images (default 64)")
+    p.add_argument("--num-val", type=NON_NEGATIVE_INT, default=32, help="validation images (default 32)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0,
                    help="train uses this seed, val uses seed + 1 (default 0)")
-    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--noise", type=float, default=0.02, help="pixel noise std (default 0.02)")
+    p.add_argument("--image-size", type=_int_at_least(16), default=128, help="image side in pixels (default 128)")
+    p.add_argument("--noise", type=NON_NEGATIVE_FLOAT, default=0.02, help="pixel noise std (default 0.02)")
     p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle",
                    help="how masks are stored in the JSON (default rle)")
     p.set_defaults(func=cmd_shapes)
@@ -69,6 +148,7 @@ def add_shapes_parser(subparsers) -> None:
 def cmd_shapes(args) -> int:
     from .data import CLASSES, ShapesDataset, export_coco
 
+    _check_out_dir(args.out)
     start = time.perf_counter()
     splits = {
         "train": ShapesDataset(args.num_train, image_size=args.image_size, seed=args.seed,
@@ -126,13 +206,18 @@ def _device(name: str):
 
 
 def _coco_dataset(images, annotations, what: str, transforms=None):
+    """Load and check a COCO-format dataset (every record, and that every image file exists)."""
     from .data import CocoInstances
     if images is None or annotations is None:
         raise SystemExit(f"error: {what} needs both --images DIR and --annotations FILE.json")
     try:
-        return CocoInstances(images, annotations, transforms=transforms)
+        dataset = CocoInstances(images, annotations, transforms=transforms)
+        dataset.check_files()
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {_one_line(e)}")
+    if len(dataset) == 0:
+        raise SystemExit(f"error: {annotations} lists no images")
+    return dataset
 
 
 def _load_model(path, device):
@@ -140,7 +225,7 @@ def _load_model(path, device):
     try:
         return load_checkpoint(path, map_location=device)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {_one_line(e)}")
 
 
 def _class_names(checkpoint_path, num_classes: int) -> list:
@@ -152,36 +237,21 @@ def _class_names(checkpoint_path, num_classes: int) -> list:
     return list(names)
 
 
+def _label_to_category(checkpoint_path, num_classes: int) -> list:
+    """The category id of each label, saved with a checkpoint by ``train`` (``meta["label_to_category"]``);
+    label = category id when the checkpoint has none (or the dataset's ids were small)."""
+    from .engine.checkpoint import read_checkpoint
+    mapping = read_checkpoint(checkpoint_path).get("meta", {}).get("label_to_category")
+    if not mapping or len(mapping) != num_classes:
+        mapping = list(range(num_classes))
+    return [int(c) for c in mapping]
+
+
 def _print_ap(metrics: dict, header: str) -> None:
     for kind, name in (("bbox", "box"), ("segm", "mask")):
         m = metrics[kind]
         print(f"{header} {name:4s} AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}  "
               f"APs {m['APs']:.3f}  APm {m['APm']:.3f}  APl {m['APl']:.3f}")
-
-
-def load_torchvision_weights(model, path) -> list:
-    """Load a torchvision ``maskrcnn_resnet50_fpn`` COCO state dict into ``model`` (same architecture).
-
-    Tensors whose shape differs (the class-specific predictor layers when your dataset has another
-    number of classes than COCO's 91) are skipped and keep their fresh initialisation. Returns the
-    names of the skipped tensors. Loaded with ``weights_only=True``.
-    """
-    import torch
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a mrcnn_lite or torchvision-references training checkpoint
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} keys are not in the model (first: {unknown[:3]}); "
-                         f"is it a maskrcnn_resnet50_fpn state dict?")
-    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
-    missing = sorted(set(own) - set(state))
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
-    return sorted(skipped + missing)
 
 
 def _init_distributed(device: str):
@@ -216,28 +286,33 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--config", choices=("tiny-shapes", "tiny", "r50-fpn"), default="tiny-shapes",
                    help="model + data preset")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs (tiny-shapes: {r['epochs']}, else 12)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help=f"epochs (tiny-shapes: {r['epochs']}, else 12)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
                    help=f"images per step, all processes together (tiny-shapes: {r['batch_size']}, else 4)")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (tiny-shapes: {r['lr']}, else 0.01)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help=f"peak learning rate (tiny-shapes: {r['lr']}, else 0.01)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help=f"sgd (momentum 0.9) or adamw (tiny-shapes: {r['optimizer']}, else sgd)")
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=None,
                    help=f"weight decay (tiny-shapes: {r['weight_decay']}, else 1e-4)")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
-    p.add_argument("--warmup", type=int, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
-    p.add_argument("--clip-grad-norm", type=float, default=10.0, help="gradient clipping (0: off)")
+    p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
+    p.add_argument("--clip-grad-norm", type=NON_NEGATIVE_FLOAT, default=10.0, help="gradient clipping (0: off)")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA only)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt")
-    p.add_argument("--eval-every", type=int, default=0, help="epochs between evaluations (0: only at the end)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (and shapes train seed; val uses seed + 1)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from OUT/checkpoint.pt (mid-epoch if it stopped there); "
+                        "another model or optimizer is refused, other changed settings are applied and listed")
+    p.add_argument("--save-every", type=NON_NEGATIVE_INT, default=200,
+                   help="steps between checkpoints (0: only at the end of each epoch); a checkpoint is "
+                        "written only once its weights gave a finite loss and finite gradients")
+    p.add_argument("--eval-every", type=NON_NEGATIVE_INT, default=0, help="epochs between evaluations (0: only at the end)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="training seed (and shapes train seed; val uses seed + 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("tiny-shapes data")
-    g.add_argument("--num-train", type=int, default=r["num_train"], help="generated training images")
-    g.add_argument("--num-val", type=int, default=r["num_val"], help="generated held-out images (0: no evaluation)")
+    g.add_argument("--num-train", type=POSITIVE_INT, default=r["num_train"], help="generated training images")
+    g.add_argument("--num-val", type=NON_NEGATIVE_INT, default=r["num_val"], help="generated held-out images (0: no evaluation)")
     g = p.add_argument_group("your own COCO-format data (--config r50-fpn or tiny)")
     g.add_argument("--images", type=Path, help="training images folder")
     g.add_argument("--annotations", type=Path, help="training COCO annotations JSON")
@@ -246,8 +321,8 @@ def add_train_parser(subparsers) -> None:
     g.add_argument("--weights", type=Path,
                    help="r50-fpn: torchvision maskrcnn_resnet50_fpn COCO state dict to start from "
                         "(predictor layers re-initialised when the class count differs)")
-    g.add_argument("--min-size", type=int, default=None, help="r50-fpn: shorter image side (default 800)")
-    g.add_argument("--max-size", type=int, default=None, help="r50-fpn: longer image side cap (default 1333)")
+    g.add_argument("--min-size", type=POSITIVE_INT, default=None, help="r50-fpn: shorter image side (default 800)")
+    g.add_argument("--max-size", type=POSITIVE_INT, default=None, help="r50-fpn: longer image side cap (default 1333)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.set_defaults(func=cmd_train)
 
@@ -257,11 +332,13 @@ def cmd_train(args) -> int:
 
     from . import config as C
     from .data import CLASSES, Compose, RandomHorizontalFlip, ShapesDataset
-    from .engine import TrainConfig, Trainer
+    from .engine import NonFiniteLossError, TrainConfig, Trainer
     from .engine.coco_eval import evaluate
+    from .model.interop import load_torchvision_weights
     from .model.mask_rcnn import build_model
 
     _use_agg()
+    _check_out_dir(args.out)  # before any data is made or read: a bad --out must not cost a run
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
@@ -278,17 +355,20 @@ def cmd_train(args) -> int:
         train_set = ShapesDataset(args.num_train, seed=args.seed)
         val_set = ShapesDataset(args.num_val, seed=args.seed + 1) if args.num_val > 0 else None
         class_names = list(CLASSES)
+        label_to_category = list(range(len(CLASSES)))
         cfg = C.tiny(num_classes=len(CLASSES), **TINY_SHAPES_MODEL)
         print(f"data: {len(train_set)} generated shapes images for training, "
               f"{args.num_val} held out (seed {args.seed + 1})")
     else:
         flip = None if args.no_flip else Compose([RandomHorizontalFlip(0.5)])
+        # crowd regions are left out of the training targets (CocoInstances' default)
         train_set = _coco_dataset(args.images, args.annotations, f"--config {args.config}", flip)
         val_set = None
         if args.val_images or args.val_annotations:
             val_set = _coco_dataset(args.val_images, args.val_annotations, "validation")
         class_names = train_set.class_names
-        num_classes = len(class_names)  # max category id + 1
+        label_to_category = train_set.label_to_category
+        num_classes = len(class_names)  # max category id + 1 (or K + 1 when large ids were relabelled)
         if num_classes < 2:
             raise SystemExit(f"error: {args.annotations} declares no categories")
         print(f"data: {train_set!r}" + (f"\nval:  {val_set!r}" if val_set is not None else ""))
@@ -311,7 +391,10 @@ def cmd_train(args) -> int:
         try:
             fresh = load_torchvision_weights(model, args.weights)
         except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}")
+            raise SystemExit(f"error: {_one_line(e)}")
+        except Exception as e:  # e.g. pickle.UnpicklingError: weights_only=True refused what is inside
+            raise SystemExit(f"error: could not load --weights {args.weights} as a state dict of tensors "
+                             f"({type(e).__name__}: {_one_line(e)})")
         print(f"loaded {args.weights}; re-initialised {len(fresh)} tensors"
               + (f" ({', '.join(fresh)})" if fresh else ""))
 
@@ -321,10 +404,11 @@ def cmd_train(args) -> int:
         weight_decay=pick(args.weight_decay, r["weight_decay"], 1e-4), schedule=args.schedule,
         warmup_iters=pick(args.warmup, r["warmup"], 100), clip_grad_norm=args.clip_grad_norm or None,
         amp=args.amp, eval_every=args.eval_every or max(1, pick(args.epochs, r["epochs"], 12)),
-        seed=args.seed, num_workers=args.workers, progress=not args.no_progress)
+        seed=args.seed, num_workers=args.workers, progress=not args.no_progress, save_every=args.save_every)
     trainer = Trainer(model, train_set, tcfg, args.out, val_set=val_set, device=device,
                       evaluate_fn=(lambda m, ds: evaluate(m, ds, device=device)) if val_set is not None else None,
-                      meta={"class_names": class_names, "command": " ".join(sys.argv)})
+                      meta={"class_names": class_names, "label_to_category": label_to_category,
+                            "command": " ".join(sys.argv)})
     if args.resume and not trainer.checkpoint_path.exists():
         print(f"note: --resume but {trainer.checkpoint_path} does not exist; starting a new run")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -334,8 +418,12 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     try:
         history = trainer.fit(resume=args.resume)
+    except NonFiniteLossError as e:
+        saved = (f"the last good checkpoint (step {trainer.saved_step}) is kept: {trainer.checkpoint_path}"
+                 if trainer.saved_step is not None else "no checkpoint was written")
+        raise SystemExit(f"error: training stopped: {_one_line(e)}; {saved}")
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {_one_line(e)}")
     if rank == 0:
         print(f"trained in {time.perf_counter() - start:.1f} s; wrote {trainer.checkpoint_path}, "
               f"{args.out / 'metrics.json'}, {args.out / 'metrics.csv'}, {args.out / 'losses.png'}")
@@ -355,16 +443,17 @@ def add_evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="COCO box and mask AP of a checkpoint on a COCO-format dataset",
         description="Run a checkpoint over a COCO-format dataset and print pycocotools' summary for boxes "
-                    "and masks. Category ids in the annotation file are the model's labels. "
+                    "and masks. The model's labels are turned into the file's category ids with the mapping "
+                    "saved by train (label = category id for ids up to 1000). "
                     'With --out, writes {"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}} as JSON.')
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
     p.add_argument("--images", required=True, type=Path, help="images folder")
     p.add_argument("--annotations", required=True, type=Path, help="COCO annotations JSON")
     p.add_argument("--out", type=Path, help="write the metrics dict here (JSON)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--mask-threshold", type=PROBABILITY, default=0.5, help="mask probability threshold (default 0.5)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -373,24 +462,30 @@ def cmd_evaluate(args) -> int:
 
     from .engine.coco_eval import evaluate
 
+    if args.out is not None:
+        _check_out_file(args.out)  # before the evaluation, not after it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
+    mapping = _label_to_category(args.checkpoint, model.cfg.num_classes)
     dataset = _coco_dataset(args.images, args.annotations, "evaluate")
-    top = max(dataset.categories, default=0)
-    if top >= model.cfg.num_classes:
-        raise SystemExit(f"error: {args.annotations} has category id {top} but the model knows labels "
-                         f"1..{model.cfg.num_classes - 1} (category ids are the model's labels)")
+    unknown = sorted(set(dataset.categories) - set(mapping[1:]))
+    if unknown:
+        raise SystemExit(f"error: {args.annotations} has category ids {unknown[:10]} that the model does not "
+                         f"know (it predicts category ids {mapping[1:][:20]})")
     print(f"evaluating {args.checkpoint} on {dataset!r}")
     start = time.perf_counter()
-    metrics = evaluate(model, dataset, device=device, batch_size=args.batch_size,
-                       mask_threshold=args.mask_threshold, verbose=True)
+    try:
+        metrics = evaluate(model, dataset, device=device, batch_size=args.batch_size,
+                           mask_threshold=args.mask_threshold, verbose=True, label_to_category=mapping)
+    except (FileNotFoundError, ValueError) as e:  # e.g. an image file that cannot be decoded
+        raise SystemExit(f"error: {_one_line(e)}")
     print(f"evaluated {len(dataset)} images in {time.perf_counter() - start:.1f} s")
     _print_ap(metrics, "")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(metrics, indent=1))
+        from .engine.checkpoint import atomic_write_text
+        atomic_write_text(args.out, json.dumps(metrics, indent=1))
         print(f"wrote {args.out}")
     return 0
 
@@ -403,43 +498,65 @@ def add_predict_parser(subparsers) -> None:
         "predict", help="run a checkpoint on images; write overlay PNGs and detections JSON",
         description="For each IMAGE writes OUT/<name>.png (the image with masks, boxes, labels and scores "
                     "drawn) and, for all images, OUT/detections.json: per image its path, size and a "
-                    "list of {box [x1, y1, x2, y2], label, label_name, score, mask (COCO RLE or polygons)}.")
+                    "list of {box [x1, y1, x2, y2], label, category_id, label_name, score, mask (COCO RLE or "
+                    "polygons)}. Files that cannot be read are reported and skipped; the others are still "
+                    "predicted, and the exit status is then 1.")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...) or folders (every image file in them)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections with score >= this (default 0.5)")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="mask probability threshold (default 0.5)")
+    p.add_argument("--score-thresh", type=PROBABILITY, default=0.5, help="keep detections with score >= this (default 0.5)")
+    p.add_argument("--mask-threshold", type=PROBABILITY, default=0.5, help="mask probability threshold (default 0.5)")
     p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle", help="mask encoding in the JSON")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.set_defaults(func=cmd_predict)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+def _image_files(paths) -> list:
+    """The IMAGE arguments as files: a folder stands for the image files in it (by suffix, sorted)."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SystemExit(f"error: no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def cmd_predict(args) -> int:
     import numpy as np
     import torch
-    from PIL import Image
 
-    from .data import image_to_tensor, mask_to_polygons, mask_to_rle
+    from .data import image_to_tensor, mask_to_polygons, mask_to_rle, read_rgb
 
     _use_agg()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .engine.checkpoint import atomic_write_text
     from .viz import draw_instances
 
+    files = _image_files(args.images)
+    _check_out_dir(args.out)
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
     names = _class_names(args.checkpoint, model.cfg.num_classes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results, used = [], set()
-    for path in args.images:
-        if not path.is_file():
-            raise SystemExit(f"error: image not found: {path}")
+    mapping = _label_to_category(args.checkpoint, model.cfg.num_classes)
+    results, used, failed = [], set(), []
+    for path in files:
         try:
-            with Image.open(path) as im:
-                image = image_to_tensor(np.array(im.convert("RGB")))
-        except OSError as e:
-            raise SystemExit(f"error: cannot read image {path}: {e}")
+            # EXIF orientation applied, 16-bit scaled: the same reader as the COCO loader
+            image = image_to_tensor(read_rgb(path))
+        except (FileNotFoundError, ValueError) as e:
+            failed.append(path)
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            continue
         with torch.no_grad():
             out = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
         keep = out["scores"] >= args.score_thresh
@@ -450,6 +567,7 @@ def cmd_predict(args) -> int:
             label = int(out["labels"][i])
             mask = mask_to_rle(masks[i]) if args.mask_format == "rle" else mask_to_polygons(masks[i])
             dets.append({"box": [round(float(v), 2) for v in out["boxes"][i]], "label": label,
+                         "category_id": mapping[label] if label < len(mapping) else label,
                          "label_name": names[label] if label < len(names) else str(label),
                          "score": round(float(out["scores"][i]), 4), "mask": mask})
         stem = path.stem
@@ -466,8 +584,12 @@ def cmd_predict(args) -> int:
         results.append({"image": str(path), "overlay": str(overlay), "height": int(image.shape[1]),
                         "width": int(image.shape[2]), "detections": dets})
         print(f"{path}: {len(dets)} detections -> {overlay}")
-    (args.out / "detections.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out / 'detections.json'}")
+    atomic_write_text(args.out / "detections.json", json.dumps(results, indent=1))
+    print(f"wrote {args.out / 'detections.json'} ({len(results)} of {len(files)} images)")
+    if failed:
+        print(f"error: {len(failed)} of {len(files)} images could not be read: "
+              + ", ".join(str(p) for p in failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -509,25 +631,15 @@ def cmd_export(args) -> int:
 
 
 def add_bench_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="speed benchmarks against torchvision (mrcnn_lite.bench)",
-                              description="Speed and memory benchmarks; options come from mrcnn_lite.bench.")
-    import importlib
-    try:
-        bench = importlib.import_module("mrcnn_lite.bench")
-    except ImportError:
-        bench = None
-    if bench is not None and hasattr(bench, "add_arguments"):
-        bench.add_arguments(p)
+    from .tools import bench
+    p = subparsers.add_parser("bench", help="speed benchmarks against torchvision (mrcnn_lite.tools.bench)",
+                              description=bench.__doc__.splitlines()[0])
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    import importlib
-    try:
-        bench = importlib.import_module("mrcnn_lite.bench")
-    except ImportError as e:
-        print(f"error: the bench command is not available ({e})", file=sys.stderr)
-        return 2
+    from .tools import bench
     return int(bench.run(args) or 0)
 
 

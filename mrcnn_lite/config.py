@@ -73,10 +73,18 @@ class MaskRCNNConfig:
     mask_dilation: int = 1
     mask_dim_reduced: Optional[int] = None  # channels of conv5_mask; None = mask_layers[-1] (256 for r50_fpn)
 
-    # --- kernels ---
-    # True: use torchvision's compiled roi_align / nms where importable (faster, same numbers).
-    # False: always use the from-scratch ops in mrcnn_lite.ops.
-    use_torchvision_ops: bool = True
+    # --- how it runs (same numbers either way; tests prove it) ---
+    # "reference": the plain from-scratch code of mrcnn_lite.ops and mrcnn_lite.model, as the course
+    #              builds it; "fast": the speed kernels of mrcnn_lite.fast (torchvision's compiled
+    #              kernels where importable). ``model.kernels_used()`` says what ran.
+    kernels: str = "fast"
+    # Run the backbone in NHWC memory layout (faster convolutions on CPUs and GPUs; same numbers up to
+    # float rounding). Kept in the config so that a checkpoint rebuilds the model it was trained as.
+    channels_last: bool = True
+
+    def __post_init__(self):
+        if self.kernels not in ("reference", "fast"):
+            raise ValueError(f"kernels must be 'reference' or 'fast', got {self.kernels!r}")
 
     def replace(self, **changes) -> "MaskRCNNConfig":
         """A copy with some fields changed; unknown names raise a TypeError that lists them."""
@@ -92,6 +100,10 @@ class MaskRCNNConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "MaskRCNNConfig":
         d = dict(d)
+        # Checkpoints written before the two floors had a boolean switch; True picked the fast kernels.
+        if "use_torchvision_ops" in d:
+            old = d.pop("use_torchvision_ops")
+            d.setdefault("kernels", "fast" if old else "reference")
         # JSON / checkpoints turn tuples into lists; turn them back.
         for k, v in d.items():
             if isinstance(v, list):

@@ -10,8 +10,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
 
 import mrcnn_lite as ml
 from mrcnn_lite import config
+from mrcnn_lite.model.fpn import BackboneWithFPN
 from mrcnn_lite.model.backbone import (
-    BackboneWithFPN,
     BasicBlock,
     Bottleneck,
     FrozenBatchNorm2d,
@@ -30,19 +30,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
-def randomise_norm_stats(model: nn.Module, seed: int = 0) -> None:
-    """Give every (frozen) batch norm non-trivial statistics so that a mix-up of mean/var/weight/bias shows."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, TVFrozenBatchNorm2d, FrozenBatchNorm2d)):
-            c = m.running_mean.numel()
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-
-
 def tv_r50_fpn_backbone(trainable_layers: int = 3):
     """torchvision's Mask R-CNN v1 backbone as built for the COCO checkpoint: FrozenBatchNorm2d with eps 0."""
     torch.manual_seed(0)
@@ -54,7 +41,7 @@ def tv_r50_fpn_backbone(trainable_layers: int = 3):
 
 
 @pytest.fixture(scope="module")
-def r50_pair():
+def r50_pair(randomise_norm_stats):
     """(ours, torchvision's) R-50-FPN backbones in float64, eval mode, holding the same random weights."""
     tv = tv_r50_fpn_backbone()
     randomise_norm_stats(tv)
@@ -154,7 +141,7 @@ def test_frozen_batch_norm_equals_batch_norm_eval():
     assert "eps=1e-05" in repr(fbn)
 
 
-def test_frozen_batch_norm_equals_torchvision_frozen_bn():
+def test_frozen_batch_norm_equals_torchvision_frozen_bn(randomise_norm_stats):
     tv = TVFrozenBatchNorm2d(16, eps=0.0)
     randomise_norm_stats(tv, seed=3)
     ours = FrozenBatchNorm2d(16, eps=0.0)
@@ -166,7 +153,7 @@ def test_frozen_batch_norm_equals_torchvision_frozen_bn():
 
 # ---------------------------------------------------------------------------------------------- classifiers
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
-def test_classifier_resnets_equal_torchvision(depth):
+def test_classifier_resnets_equal_torchvision(depth, randomise_norm_stats):
     torch.manual_seed(depth)
     tv = TV_RESNETS[depth]()
     randomise_norm_stats(tv, seed=depth)

@@ -2,6 +2,8 @@
 
 Also covers the exact-same-result rewrites made for speed: both mask-pasting paths and the
 level-grouped MultiScaleRoIAlign against torchvision, and channels-last against NCHW.
+The bench's timing harness lives in the package (``mrcnn_lite.tools.bench``) so that the ``bench``
+command works from an installed package.
 """
 import json
 import subprocess
@@ -13,14 +15,16 @@ import torchvision
 from torchvision.models.detection import roi_heads as tv_rh
 
 import mrcnn_lite as ml
-from mrcnn_lite import bench
-from mrcnn_lite.model import mask_head as mh
+from mrcnn_lite.fast import paste_masks_grid
+from mrcnn_lite.model.transform import paste_masks_in_image
+from mrcnn_lite.tools import bench
 
 
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "mrcnn_lite.bench", "--quick", "--reps", "1", "--warmup", "0", "--json", str(out)],
+        [sys.executable, "-m", "mrcnn_lite.tools.bench", "--quick", "--reps", "1", "--warmup", "0",
+         "--kernels", "both", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -30,19 +34,25 @@ def test_bench_quick_writes_json(tmp_path):
         assert key in result, key
     assert result["device"] == "cpu" and result["config"]["quick"]
     assert result["config"]["mrcnn_lite_options"] == {"compile": None, "fold_bn": False}
-    # on a CPU the model pools with the from-scratch roi_align (kernels.roi_align_fastest), and says so
-    assert result["config"]["mrcnn_lite_kernels"] == {
-        "roi_align": "mrcnn_lite (pooling), torchvision (mask targets)", "nms": "torchvision"}
-    assert "mrcnn_lite kernels: roi_align mrcnn_lite (pooling)" in proc.stdout
-    for key in ("train_step", "inference", "roi_align"):
-        row = result[key]
-        assert row["mrcnn_lite_s"] > 0 and row["torchvision_s"] > 0
-        assert row["speedup"] == pytest.approx(row["torchvision_s"] / row["mrcnn_lite_s"])
-    assert "skipped" in result["train_step_amp"]  # AMP is timed on CUDA only
-    assert result["inference"]["peak_mem_mib"]["mrcnn_lite"] == "n/a"
-    agreement = result["agreement"]
-    assert agreement["ok"] and agreement["same_number_of_detections"] and agreement["labels_equal"]
-    assert sum(agreement["detections"]) > 0
+    assert result["config"]["kernels"] == ["fast", "reference"] and set(result["floors"]) == {"fast", "reference"}
+    # what each model called, as recorded while it ran: on a CPU the fast floor pools with fast.roi_align
+    # and resamples the mask targets with torchvision's kernel
+    used = result["floors"]["fast"]["kernels_used"]
+    assert used["roi_align"] == "mrcnn_lite.fast.roi_align, torchvision.ops.roi_align"
+    assert used["batched_nms"] == "torchvision.ops.batched_nms"
+    assert result["floors"]["reference"]["kernels_used"]["roi_align"] == "mrcnn_lite.ops.roi_align"
+    assert "kernels='fast'; called: batched_nms torchvision.ops.batched_nms" in proc.stdout
+    for floor in result["floors"].values():
+        for key in ("train_step", "inference", "roi_align"):
+            row = floor[key]
+            assert row["mrcnn_lite_s"] > 0 and row["torchvision_s"] > 0
+            assert row["speedup"] == pytest.approx(row["torchvision_s"] / row["mrcnn_lite_s"])
+        assert "skipped" in floor["train_step_amp"]  # AMP is timed on CUDA only
+        assert floor["inference"]["peak_mem_mib"]["mrcnn_lite"] == "n/a"
+        agreement = floor["agreement"]
+        assert agreement["ok"] and agreement["same_number_of_detections"] and agreement["labels_equal"]
+        assert sum(agreement["detections"]) > 0
+    assert result["train_step"] == result["floors"]["fast"]["train_step"]  # the first floor's rows on top
     assert "train_step" in proc.stdout and "speedup" in proc.stdout  # the table
 
 
@@ -52,7 +62,7 @@ def test_add_arguments_and_cli_help():
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", "--json", "x.json", "--reps", "3", "--quick"])
-    assert (args.device, args.json, args.reps, args.quick) == ("cpu", "x.json", 3, True)
+    assert (args.device, args.json, args.reps, args.quick, args.kernels) == ("cpu", "x.json", 3, True, "fast")
     assert args.compile is None and not args.fold_bn  # the opt-in speed-ups are off by default
     args = parser.parse_args(["--compile", "--fold-bn"])
     assert args.compile == "default" and args.fold_bn
@@ -65,18 +75,17 @@ def _boxes(n, h, w, g, dtype=torch.float32):
     return torch.cat([xy, xy + wh], 1)
 
 
-@pytest.mark.parametrize("method", ["loop", "grid", "auto"])
-def test_paste_methods_match_torchvision(method):
+@pytest.mark.parametrize("paste", [paste_masks_in_image, paste_masks_grid], ids=["reference", "fast"])
+def test_paste_methods_match_torchvision(paste):
     g = torch.Generator().manual_seed(3)
     for h, w in ((61, 90), (120, 45)):
         masks = torch.rand(25, 1, 28, 28, generator=g, dtype=torch.float64)
         boxes = _boxes(25, h, w, g, torch.float64)
-        a = mh.paste_masks_in_image(masks, boxes, (h, w), method=method)
+        a = paste(masks, boxes, (h, w))
         b = tv_rh.paste_masks_in_image(masks, boxes, (h, w))
         assert torch.equal(a > 0, b > 0)
         assert (a - b).abs().max().item() < 1e-12
-    with pytest.raises(ValueError, match="method"):
-        mh.paste_masks_in_image(masks, boxes, (h, w), method="fast")
+    assert paste(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)
 
 
 def test_multiscale_roi_align_grouped_by_level_matches_torchvision_with_grad():
@@ -102,7 +111,7 @@ def test_channels_last_same_detections_as_nchw():
     torch.manual_seed(0)
     cfg = ml.config.tiny(num_classes=4)
     model_cl = ml.build_model(cfg).double().eval()
-    model_nchw = ml.model.mask_rcnn.MaskRCNN(cfg, channels_last=False).double().eval()
+    model_nchw = ml.build_model(cfg.replace(channels_last=False)).double().eval()
     model_nchw.load_state_dict(model_cl.state_dict())
     assert model_cl.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     images = [torch.rand(3, 96, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(5))]

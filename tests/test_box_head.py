@@ -6,7 +6,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPred
 
 from mrcnn_lite import ops
 from mrcnn_lite.model import box_head as bh
-from mrcnn_lite.model.rpn import BalancedPositiveNegativeSampler, Matcher
+from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 
 
 def _tv_roi_heads(**kw):

@@ -190,7 +190,7 @@ def test_train_errors_are_clear(tmp_path):
 
 
 def test_torchvision_weights_with_another_class_count_reinitialise_the_predictors(tmp_path):
-    from mrcnn_lite.__main__ import load_torchvision_weights
+    from mrcnn_lite.model.interop import load_torchvision_weights
 
     small = dict(min_size=64, max_size=64)
     coco = ml.maskrcnn_resnet50_fpn(num_classes=91, **small)
@@ -204,14 +204,13 @@ def test_torchvision_weights_with_another_class_count_reinitialise_the_predictor
     assert torch.equal(mine.backbone.body.layer1[0].conv1.weight, coco.backbone.body.layer1[0].conv1.weight)
 
 
-def test_bench_hook_is_wired(monkeypatch, capsys):
+def test_bench_hook_is_wired():
     import mrcnn_lite.__main__ as cli
 
     args = build_parser().parse_args(["bench"])
-    assert args.func is cli.cmd_bench
-    monkeypatch.setitem(sys.modules, "mrcnn_lite.bench", None)  # as if the module did not exist
-    assert cli.cmd_bench(args) == 2
-    assert "bench command is not available" in capsys.readouterr().err
+    assert args.func is cli.cmd_bench and args.kernels == "fast"
+    args = build_parser().parse_args(["bench", "--kernels", "both", "--quick", "--threads", "2"])
+    assert (args.kernels, args.quick, args.threads) == ("both", True, 2)
 
 
 DDP_WORKER = textwrap.dedent("""

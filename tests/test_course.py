@@ -27,6 +27,7 @@ from torch import nn
 
 import mrcnn_lite as ml
 from mrcnn_lite.course import checks
+from mrcnn_lite.course.checks import nb11_evaluation
 from mrcnn_lite.course.assignments import (BEGIN, END, SolutionMarkerError, make_student_notebook,
                                            solution_lines, strip_solutions)
 from mrcnn_lite.model import backbone as B
@@ -48,14 +49,31 @@ def exercise_cells(path: Path):
     return [c.source for c in nb.cells if c.cell_type == "code" and BEGIN in c.source]
 
 
+def lab_cells(path: Path):
+    """The cells that hand out a component with a planted bug (``def lab_...``)."""
+    nb = nbformat.read(str(path), as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("def lab_")]
+
+
 @pytest.fixture(scope="module")
 def solutions():
-    """name -> the notebook's solution function/class, by executing every exercise cell."""
-    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np}
+    """name -> the notebook's solution function/class (every exercise cell executed) and the labs'
+    handed-out buggy components (``lab_...``)."""
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou}
     for path in NOTEBOOKS:
-        for source in exercise_cells(path):
+        for source in exercise_cells(path) + lab_cells(path):
             exec(compile(source, str(path), "exec"), ns)
     return ns
+
+
+def test_there_are_six_labs_and_three_predictions():
+    labs = [s for p in NOTEBOOKS for s in lab_cells(p)]
+    assert len(labs) >= 6
+    sources = "\n".join(c.source for p in NOTEBOOKS for c in nbformat.read(str(p), as_version=4).cells)
+    assert sources.count("checks.check_prediction(") >= 3
+    assert sum(sources.count(f"checks.check_{n}(") for n in
+               ("decode_lab", "frozen_bn_lab", "flatten_head_lab", "level_lab", "training_proposals_lab",
+                "mask_loss_lab")) == 6
 
 
 def test_every_notebook_has_an_exercise_and_a_check():
@@ -154,21 +172,41 @@ def mask_targets_aligned(gt_masks, proposals, matched_idxs, M):
     return ml.ops.roi_align(gt_masks[:, None].to(proposals), rois, (M, M), 1.0, -1, aligned=True)[:, 0]
 
 
-def to_original_paste_before_rescale(boxes, masks, image_size, original_size):
-    from mrcnn_lite.model.mask_head import paste_masks_in_image
-    from mrcnn_lite.model.transform import resize_boxes
-    pasted = paste_masks_in_image(masks, boxes, tuple(original_size))  # pastes into the resized boxes
-    return resize_boxes(boxes, image_size, original_size), pasted
+def paste_mask_without_border(mask, box, image_size):
+    """Stretches the mask over the box as it is: no 1-pixel zero border, no grown box."""
+    H, W = image_size
+    x0, y0, x1, y1 = (int(float(v)) for v in box)
+    w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+    resized = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    out = mask.new_zeros(H, W)
+    cx0, cx1, cy0, cy1 = max(x0, 0), min(x1 + 1, W), max(y0, 0), min(y1 + 1, H)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0:cy1, cx0:cx1] = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    return out
 
 
-def train_step_no_zero_grad(model, optimizer, images, targets, clip_grad_norm=None):
-    losses = model(images, targets)
-    loss = sum(losses.values())
-    loss.backward()  # forgot optimizer.zero_grad(): the gradients of earlier steps add up
+def accumulate_without_scaling(model, optimizer, images, targets, micro_batch, clip_grad_norm=None):
+    """Adds up the micro-batch gradients without dividing by their number: a k-times too large step."""
+    optimizer.zero_grad()
+    totals, chunks = {}, len(images) // micro_batch
+    for start in range(0, len(images), micro_batch):
+        losses = model(images[start:start + micro_batch], targets[start:start + micro_batch])
+        sum(losses.values()).backward()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + v.item() / chunks
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
-    return {**{k: v.item() for k, v in losses.items()}, "loss": loss.item()}
+    return {**totals, "loss": sum(totals.values())}
+
+
+def sample_leaves_positive_slots_empty(labels, batch_size_per_image, positive_fraction, generator):
+    """Always draws batch * (1 - fraction) negatives, even when there are too few positives."""
+    positive, negative = torch.where(labels >= 1)[0], torch.where(labels == 0)[0]
+    n_pos = int(batch_size_per_image * positive_fraction)
+    pos = positive[torch.randperm(len(positive), generator=generator)[:n_pos]]
+    neg = negative[torch.randperm(len(negative), generator=generator)[:batch_size_per_image - n_pos]]
+    return pos, neg
 
 
 def lr_at_cosine_after_warmup(it, total, base_lr, warmup_iters, warmup_factor):
@@ -182,12 +220,6 @@ def lr_at_cosine_after_warmup(it, total, base_lr, warmup_iters, warmup_factor):
 def coco_ap_no_envelope(recall, precision):
     idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")  # the raw zig-zag precision
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
-
-
-def coco_boxes_keep_xywh(anns):
-    kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
-    boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)  # still x, y, w, h
-    return boxes, torch.tensor([a["category_id"] for a in kept]), len(anns) - len(kept)
 
 
 def rle_decode_row_major(counts, height, width):
@@ -214,12 +246,12 @@ CASES = {
                            checks.reference_decode_class_boxes, decode_class_boxes_unit_weights),
     "mask_targets": (checks.check_mask_targets, "mask_targets", ml.model.mask_head.project_masks_on_boxes,
                      mask_targets_aligned),
-    "to_original": (checks.check_to_original, "to_original", checks.reference_to_original,
-                    to_original_paste_before_rescale),
-    "train_step": (checks.check_train_step, "train_step", checks.reference_train_step, train_step_no_zero_grad),
+    "paste_mask": (checks.check_paste_mask, "paste_mask", checks.reference_paste_mask, paste_mask_without_border),
+    "train_step_accumulate": (checks.check_train_step_accumulate, "train_step_accumulate",
+                              checks.reference_train_step_accumulate, accumulate_without_scaling),
+    "sample_balanced": (checks.check_sample_balanced, "sample_balanced", None, sample_leaves_positive_slots_empty),
     "lr_at": (checks.check_lr_at, "lr_at", checks.reference_lr_at, lr_at_cosine_after_warmup),
     "coco_ap": (checks.check_coco_ap, "average_precision", checks.reference_coco_ap, coco_ap_no_envelope),
-    "coco_boxes": (checks.check_coco_boxes, "coco_boxes", checks.reference_coco_boxes, coco_boxes_keep_xywh),
     "rle_decode": (checks.check_rle_decode, "rle_decode", checks.reference_rle_decode, rle_decode_row_major),
 }
 
@@ -227,12 +259,13 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_checker_passes_solution_and_reference(name, solutions, capsys):
     check, solution_name, reference, _ = CASES[name]
-    for fn in (solutions[solution_name], reference):
+    fns = (solutions[solution_name], reference) if reference is not None else (solutions[solution_name],)
+    for fn in fns:
         result = check(fn, points=2)
         assert result.passed, result.message
         assert (result.points, result.max_points, result.name) == (2, 2, name)
     out = capsys.readouterr().out
-    assert out.count(f"PASS  {name} (2/2 points)") == 2
+    assert out.count(f"PASS  {name} (2/2 points)") == len(fns)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -280,11 +313,77 @@ def test_checker_reports_not_implemented(name, capsys):
 
 
 def test_train_step_check_wants_float_losses(capsys):
-    def returns_tensors(model, optimizer, images, targets, clip_grad_norm=None):
+    def returns_tensors(model, optimizer, images, targets, micro_batch, clip_grad_norm=None):
         out = checks.reference_train_step(model, optimizer, images, targets, clip_grad_norm)
         return {k: torch.tensor(v) for k, v in out.items()}
-    result = checks.check_train_step(returns_tensors)
+    result = checks.check_train_step_accumulate(returns_tensors)
     assert not result.passed and "plain floats" in result.message
+
+
+# ------------------------------------------------------------------------------------------------
+# Debugging labs: the handed-out component fails, the fix passes, a half fix earns part of the points
+# ------------------------------------------------------------------------------------------------
+LABS = {  # checker, the notebook's buggy component, the notebook's fix
+    "decode_lab": (checks.check_decode_lab, "lab_decode", "fixed_decode"),
+    "frozen_bn_lab": (checks.check_frozen_bn_lab, "lab_frozen_bn", "fixed_frozen_bn"),
+    "flatten_head_lab": (checks.check_flatten_head_lab, "lab_flatten_head", "fixed_flatten_head"),
+    "level_lab": (checks.check_level_lab, "lab_level_for_boxes", "fixed_level_for_boxes"),
+    "training_proposals_lab": (checks.check_training_proposals_lab, "lab_training_proposals",
+                               "fixed_training_proposals"),
+    "mask_loss_lab": (checks.check_mask_loss_lab, "lab_mask_loss", "fixed_mask_loss"),
+}
+
+
+@pytest.mark.parametrize("name", list(LABS))
+def test_lab_fails_the_handed_out_component_and_passes_the_fix(name, solutions, capsys):
+    check, buggy, fixed = LABS[name]
+    result = check(solutions[buggy], points=2)
+    assert not result.passed and result.implemented and result.points == 0, result.message
+    assert "expected:" in result.message and "got:" in result.message
+    result = check(solutions[fixed], points=2)
+    assert result.passed and result.points == 2, result.message
+    assert "cases" in result.message
+
+
+def test_labs_run_on_the_trained_models_tensors(capsys):
+    from mrcnn_lite.course.checks import nb01_boxes, nb05_rpn
+    from mrcnn_lite.course.lab_case import load_lab_case
+
+    case = load_lab_case()
+    assert case["steps"] >= 2 and len(case["proposals"]) > 0 and len(case["gt_boxes"]) >= 1
+    labels = [label for label, _ in nb01_boxes._decode_lab_cases()]
+    assert labels[-1].startswith("the trained model")
+    assert sum(label.startswith("the trained model") for label, _ in nb05_rpn._flatten_cases()) == 3
+
+
+def test_half_fixed_decode_lab_earns_half_the_points(solutions, capsys):
+    def centres_fixed(deltas, anchors):           # dx/dy fixed, dw/dh still swapped
+        swapped = deltas[:, [0, 1, 3, 2]]
+        return checks.reference_decode(swapped, anchors)
+    result = checks.check_decode_lab(centres_fixed, points=3)
+    assert not result.passed and result.points == 1.5 and result.max_points == 3
+    assert result.message.startswith("FAIL  decode_lab (1.5/3 points)")
+    assert "part 'box centres' (1.5 points): PASS" in result.message
+    assert "part 'box sizes' (1.5 points): FAIL" in result.message
+    assert repr(result) == "1.5"            # the check cell's value: nbgrader's partial credit
+
+
+# ------------------------------------------------------------------------------------------------
+# Predict-then-run questions
+# ------------------------------------------------------------------------------------------------
+def test_prediction_number_and_choice(capsys):
+    def todo():
+        raise NotImplementedError
+    assert checks.check_prediction(lambda: 1728, 1728, points=1, name="q").passed
+    assert not checks.check_prediction(lambda: 1727, 1728, points=1, name="q").passed
+    assert checks.check_prediction(lambda: 0.49, 0.5, points=1, name="q", tolerance=0.02).passed
+    assert checks.check_prediction(lambda: " More ", "more", name="q", choices=("more", "fewer")).passed
+    wrong = checks.check_prediction(lambda: "fewer", "more", name="q", choices=("more", "fewer"))
+    assert not wrong.passed and "the run gives 'more'" in wrong.message
+    odd = checks.check_prediction(lambda: "up", "more", name="q", choices=("more", "fewer"))
+    assert not odd.passed and "answer one of" in odd.message
+    result = checks.check_prediction(todo, 3, points=2, name="q")
+    assert not result.implemented and result.points == 0 and result.message.startswith("TODO  q")
 
 
 def test_coco_ap_reference_is_pycocotools_on_real_boxes():
@@ -316,7 +415,7 @@ def test_coco_ap_reference_is_pycocotools_on_real_boxes():
             ev.evaluate()
             ev.accumulate()
         full = float(ev.eval["precision"][0, :, 0, 0, -1].mean())   # IoU 0.5, class 1, area all, 100 dets
-        recall, precision = checks._pr_curve(tps, n_gt)
+        recall, precision = nb11_evaluation._pr_curve(tps, n_gt)
         assert checks.coco_ap_by_pycocotools(recall, precision) == pytest.approx(full, abs=1e-12)
         assert checks.reference_coco_ap(recall.numpy(), precision.numpy()) == pytest.approx(full, abs=1e-12)
 
@@ -415,9 +514,45 @@ def test_cli_help():
 
 
 # ------------------------------------------------------------------------------------------------
-# The autograder, on real notebooks (slow: every notebook executes once)
+# nbgrader metadata and the solutions' stored check outputs (no execution: nbval runs the solutions)
 # ------------------------------------------------------------------------------------------------
-PARTIAL = "04_anchors.ipynb"  # a student copy of this one gets its first exercise solved
+def test_committed_notebooks_carry_nbgrader_metadata():
+    """Every solution cell is an autograded answer, every check cell an autograder test with the check's points,
+    and the check call is the cell's last statement (its value, the points, is what nbgrader reads)."""
+    from mrcnn_lite.course.assignments import add_nbgrader_metadata, split_check_cells
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        marked = add_nbgrader_metadata(split_check_cells(nbformat.from_dict(nb)))
+        assert [c.source for c in marked.cells] == [c.source for c in nb.cells], f"{path.name}: run add-nbgrader-metadata"
+        assert [c.metadata.get("nbgrader") for c in marked.cells] == [c.metadata.get("nbgrader") for c in nb.cells], \
+            f"{path.name}: run `python -m mrcnn_lite.course add-nbgrader-metadata {path.name}`"
+        ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+        assert len(ids) == len(set(ids)), f"{path.name}: grade ids repeat: {ids}"
+
+
+def test_solution_check_cells_store_full_marks():
+    """nbval compares the stored outputs of the check cells (all marked NBVAL_CHECK_OUTPUT) when it runs the
+    solution notebooks; the stored outputs say PASS with full points, so that nbval's run of each solution
+    notebook is the proof that the solutions get full marks (no separate graded run of the solutions)."""
+    from mrcnn_lite.course.grade import declared_exercises
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        for cell, ex in zip([c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")], declared_exercises(nb)):
+            assert cell.source.startswith("# NBVAL_CHECK_OUTPUT"), f"{path.name}: {ex['name']}'s check is not checked by nbval"
+            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            value = [o["data"]["text/plain"] for o in cell.outputs if o.output_type == "execute_result"]
+            want = f"PASS  {ex['name']} ({ex['max_points']:g}/{ex['max_points']:g} points)"
+            assert want in text, f"{path.name}: stored output of {ex['name']}: {text!r}"
+            assert value == [f"{ex['max_points']:g}"], f"{path.name}: {ex['name']}'s cell value {value}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The autograder, on real notebooks (slow: each runs a notebook)
+# ------------------------------------------------------------------------------------------------
+PARTIAL = "01_boxes_iou_nms.ipynb"   # its decode lab, half fixed, in the nbgrader release version
+FULL = "04_anchors.ipynb"            # graded as submitted solution, by both graders
 
 
 def _grade(path: Path, out_json: Path) -> dict:
@@ -431,22 +566,94 @@ def _grade(path: Path, out_json: Path) -> dict:
     return report
 
 
-@pytest.fixture(scope="module")
-def graded(student_dir, tmp_path_factory):
-    """Grades of the solution notebooks, the untouched student notebooks, and one partly solved one."""
-    work = tmp_path_factory.mktemp("grades")
-    # Solve exactly one exercise (the first) in a student copy by pasting back the teacher's cell.
-    solution_cell = exercise_cells(ROOT / "notebooks" / PARTIAL)[0]
-    partial = nbformat.read(str(student_dir / PARTIAL), as_version=4)
-    todo_cells = [c for c in partial.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
-    todo_cells[0].source = solution_cell
-    partial_dir = work / "partial"
-    partial_dir.mkdir()
-    nbformat.write(partial, str(partial_dir / PARTIAL))
+def half_fix_decode_lab(nb) -> None:
+    """In a student copy: write ``fixed_decode`` as the handed-out ``lab_decode`` with only dx/dy corrected."""
+    lab = next(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("def lab_decode"))
+    half = (lab.replace("def lab_decode", "def fixed_decode")
+            .replace("pred_ctr_x = dy * widths", "pred_ctr_x = dx * widths")
+            .replace("pred_ctr_y = dx * heights", "pred_ctr_y = dy * heights"))
+    assert half.count("dx * widths") == 1
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def fixed_decode"))
+    cell.source = half
 
-    jobs = {("solution", p.name): p for p in NOTEBOOKS}
-    jobs.update({("student", p.name): student_dir / p.name for p in NOTEBOOKS})
-    jobs[("partial", PARTIAL)] = partial_dir / PARTIAL
+
+def nbgrader_available() -> bool:
+    try:
+        import nbgrader  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def nbgrader_course(tmp_path_factory):
+    """A standard nbgrader course folder with 01 and 04 as assignment "mrcnn": ``generate_assignment``, then
+    two submissions: 04 with its solutions pasted in, 01 as released with its decode lab half fixed.
+    ``None`` when nbgrader is not installed."""
+    if not nbgrader_available():
+        return None
+    root = tmp_path_factory.mktemp("nbgrader_course")
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        "c.CourseDirectory.course_id = 'mrcnn_lite'\n"
+        "c.Execute.timeout = 300\n")
+    source = root / "source" / "mrcnn"
+    source.mkdir(parents=True)
+    for name in (PARTIAL, FULL):
+        (source / name).write_text((ROOT / "notebooks" / name).read_text())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
+    env.pop("MRCNN_LITE_FULL", None)
+
+    def nbgrader(*args):
+        proc = subprocess.run([PY, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    nbgrader("generate_assignment", "mrcnn", "--force")
+    nbgrader("db", "student", "add", "s1")
+    submitted = root / "submitted" / "s1" / "mrcnn"
+    submitted.mkdir(parents=True)
+    partial = nbformat.read(str(root / "release" / "mrcnn" / PARTIAL), as_version=4)
+    half_fix_decode_lab(partial)
+    nbformat.write(partial, str(submitted / PARTIAL))
+    full = nbformat.read(str(root / "release" / "mrcnn" / FULL), as_version=4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in
+               nbformat.read(str(source / FULL), as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in full.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = answers[cell.metadata["nbgrader"]["grade_id"]]
+    nbformat.write(full, str(submitted / FULL))
+    nbgrader("autograde", "mrcnn", "--force")
+
+    from nbgrader.api import Gradebook
+
+    scores = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for name in (PARTIAL, FULL):
+            nb = gb.find_submission_notebook(name[:-len(".ipynb")], "mrcnn", "s1")
+            scores[name] = {"score": nb.score, "max_score": nb.max_score,
+                            "grades": {g.name: g.score for g in nb.grades}}
+    return {"root": root, "submitted": submitted, "scores": scores}
+
+
+@pytest.fixture(scope="module")
+def graded(student_dir, nbgrader_course, tmp_path_factory):
+    """The course grader on: every untouched student notebook, and the two nbgrader submissions."""
+    work = tmp_path_factory.mktemp("grades")
+    jobs = {("student", p.name): student_dir / p.name for p in NOTEBOOKS}
+    if nbgrader_course is not None:
+        jobs[("nbgrader", PARTIAL)] = nbgrader_course["submitted"] / PARTIAL
+        jobs[("nbgrader", FULL)] = nbgrader_course["submitted"] / FULL
+    else:  # the same two submissions, made from the course's own student copy and solution notebook
+        partial = nbformat.read(str(student_dir / PARTIAL), as_version=4)
+        half_fix_decode_lab(partial)
+        (work / "partial").mkdir()
+        nbformat.write(partial, str(work / "partial" / PARTIAL))
+        jobs[("nbgrader", PARTIAL)] = work / "partial" / PARTIAL
+        jobs[("nbgrader", FULL)] = ROOT / "notebooks" / FULL
     # Longest first, two at a time.
     longest = ("10_training.ipynb", "11_evaluation.ipynb", "09_mask_rcnn.ipynb", "08_mask_head.ipynb", "05_rpn.ipynb",
                "02_resnet_backbone.ipynb")
@@ -456,32 +663,52 @@ def graded(student_dir, tmp_path_factory):
         return {k: f.result() for k, f in futures.items()}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
-def test_grade_full_marks_on_solution(graded, nb):
-    report = graded[("solution", nb)]
-    assert report["errors"] == [], report["errors"]
-    assert report["max_score"] > 0 and report["score"] == report["max_score"], report["stdout"]
-    assert all(e["status"] == "PASS" for e in report["exercises"])
-    assert set(report) >= {"score", "max_score", "exercises"}
-    assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
+def _max_points(nb_name: str) -> float:
+    from mrcnn_lite.course.grade import declared_exercises
+
+    return sum(e["max_points"] for e in declared_exercises(nbformat.read(str(ROOT / "notebooks" / nb_name), 4)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
 def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, nb):
     report = graded[("student", nb)]
-    assert report["score"] == 0 and report["max_score"] == graded[("solution", nb)]["max_score"]
+    assert report["score"] == 0 and report["max_score"] == _max_points(nb) > 0
     # Every check ran (so every cell before it ran) and said "not implemented"; no cell raised.
     assert all(e["status"] == "TODO" for e in report["exercises"]), report["stdout"]
     assert report["errors"] == [], report["errors"]
+    assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
 
 
 @pytest.mark.slow
-def test_grade_partial_score_with_one_exercise_solved(graded):
-    report = graded[("partial", PARTIAL)]
-    statuses = [e["status"] for e in report["exercises"]]
-    assert statuses == ["PASS", "TODO"], report["stdout"]
-    assert 0 < report["score"] < report["max_score"]
-    assert report["score"] == report["exercises"][0]["max_points"]
-    assert "score: 2 / 4" in report["stdout"]
+def test_grade_full_marks_on_a_submitted_solution(graded):
+    report = graded[("nbgrader", FULL)]
+    assert report["errors"] == [], report["errors"]
+    assert report["max_score"] > 0 and report["score"] == report["max_score"], report["stdout"]
+    assert all(e["status"] == "PASS" for e in report["exercises"])
+
+
+@pytest.mark.slow
+def test_grade_partial_marks_on_a_half_fixed_lab(graded):
+    report = graded[("nbgrader", PARTIAL)]
+    by_name = {e["name"]: e for e in report["exercises"]}
+    assert by_name["decode_lab"]["status"] == "PART" and by_name["decode_lab"]["points"] == 1.5, report["stdout"]
+    assert all(e["status"] == "TODO" for n, e in by_name.items() if n != "decode_lab"), report["stdout"]
+    assert report["score"] == 1.5 and report["max_score"] == _max_points(PARTIAL)
+    line = next(l for l in report["stdout"].splitlines() if l.strip().startswith("decode_lab "))
+    assert "1.5/3" in line and "PART" in line, line
+
+
+@pytest.mark.slow
+def test_nbgrader_autograde_gives_the_course_graders_points(graded, nbgrader_course):
+    """generate_assignment + autograde in a standard nbgrader course folder: the same points, exercise by
+    exercise, as `python -m mrcnn_lite.course grade` on the same submitted notebooks."""
+    if nbgrader_course is None:
+        pytest.skip("nbgrader is not installed (pip install -e '.[teach]'; `make setup` installs it)")
+    for name in (PARTIAL, FULL):
+        ours, theirs = graded[("nbgrader", name)], nbgrader_course["scores"][name]
+        assert theirs["max_score"] == ours["max_score"] == _max_points(name)
+        assert theirs["score"] == ours["score"], (name, theirs, ours["stdout"])
+        assert theirs["grades"] == {e["name"]: e["points"] for e in ours["exercises"]}, (name, theirs, ours["stdout"])
+    assert nbgrader_course["scores"][PARTIAL]["score"] == 1.5
+    assert nbgrader_course["scores"][FULL]["score"] == _max_points(FULL)

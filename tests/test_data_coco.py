@@ -152,11 +152,12 @@ def test_uncompressed_rle_file(tmp_path):
     seg = {"size": [H, W], "counts": counts}
     crowd = {**ann(3, seg, bbox=(10, 4, 3, 5)), "iscrowd": 1}  # crowds use uncompressed RLE
     img_dir, path = write_coco(tmp_path, [crowd])
-    ds = CocoInstances(img_dir, path)
+    ds = CocoInstances(img_dir, path, skip_crowd=False)
     _, t = ds[0]
     assert np.array_equal(t["masks"][0].numpy(), m)
     assert t["iscrowd"].tolist() == [1]
-    assert len(CocoInstances(img_dir, path, skip_crowd=True)[0][1]["labels"]) == 0
+    # by default crowds are left out of the targets (as torchvision's references do)
+    assert len(CocoInstances(img_dir, path)[0][1]["labels"]) == 0
 
 
 def test_missing_annotation_file(tmp_path):
@@ -197,21 +198,20 @@ def test_image_size_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("seg, message", [
-    ("not a segmentation", "annotation id 11: segmentation must be"),
-    ([[1, 2, 3, 4]], "annotation id 11: a polygon needs"),
-    ([[1, 2, 3, 4, 5]], "annotation id 11: a polygon needs"),
-    ([["a", 2, 3, 4, 5, 6]], "annotation id 11: a polygon must be"),
-    ([], "annotation id 11: empty polygon"),
-    ({"size": [10, 10], "counts": "abc"}, r"annotation id 11: RLE size \[10, 10\]"),
-    ({"size": [20, 30], "counts": [5, 5]}, "annotation id 11: uncompressed RLE counts"),
-    ({"size": [20, 30]}, "annotation id 11: an RLE segmentation needs"),
-    ({"size": [20, 30], "counts": 3}, "annotation id 11: RLE counts must be"),
+    ("not a segmentation", r"annotation id 11 \(image id 1\): segmentation must be"),
+    ([[1, 2, 3, 4]], r"annotation id 11 \(image id 1\): a polygon needs"),
+    ([[1, 2, 3, 4, 5]], r"annotation id 11 \(image id 1\): a polygon needs"),
+    ([["a", 2, 3, 4, 5, 6]], r"annotation id 11 \(image id 1\): a polygon must be"),
+    ([], r"annotation id 11 \(image id 1\): empty polygon"),
+    ({"size": [10, 10], "counts": "abc"}, r"annotation id 11 \(image id 1\): RLE size \[10, 10\]"),
+    ({"size": [20, 30], "counts": [5, 5]}, r"annotation id 11 \(image id 1\): uncompressed RLE counts"),
+    ({"size": [20, 30]}, r"annotation id 11 \(image id 1\): an RLE segmentation needs"),
+    ({"size": [20, 30], "counts": 3}, r"annotation id 11 \(image id 1\): RLE counts must be"),
 ])
 def test_bad_segmentation(tmp_path, seg, message):
     img_dir, path = write_coco(tmp_path, [ann(11, seg)])
-    ds = CocoInstances(img_dir, path)
-    with pytest.raises(ValueError, match=message):
-        ds[0]
+    with pytest.raises(ValueError, match=message):  # found when the file is loaded
+        CocoInstances(img_dir, path)
 
 
 @pytest.mark.parametrize("bbox", [(1, 1, 0, 5), (1, 1, 4, -2)])

@@ -130,13 +130,12 @@ def test_index_out_of_range():
         ShapesDataset(5)[5]
 
 
-def test_fast():
-    import time
+def test_renders_many_images():
+    # No wall-clock assertion (speed targets live in benchmarks): 100 images render without error.
     ds = ShapesDataset(100, seed=1)
-    t0 = time.perf_counter()
     for i in range(100):
-        ds.render(i)
-    assert time.perf_counter() - t0 < 3.0  # about 0.2 s on a quiet 2-core CPU
+        image, labels, masks = ds.render(i)[:3]
+        assert image.shape == (128, 128, 3) and masks.shape == (len(labels), 128, 128)
 
 
 def test_masks_to_boxes_single_pixel():

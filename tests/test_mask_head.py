@@ -5,7 +5,9 @@ import torchvision.ops
 from torchvision.models.detection import roi_heads as tv_rh
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads as TVHeads, MaskRCNNPredictor as TVPredictor
 
-from mrcnn_lite import ops
+from mrcnn_lite import fast, ops
+from mrcnn_lite.fast import paste_masks_grid
+from mrcnn_lite.model.transform import paste_masks_in_image
 from mrcnn_lite.model import mask_head as mh
 
 
@@ -28,13 +30,14 @@ def test_module_names_match_torchvision():
     assert out.shape == (3, 5, 28, 28)
 
 
+@pytest.mark.parametrize("paste", [paste_masks_in_image, paste_masks_grid], ids=["reference", "fast"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_paste_masks_matches_torchvision(dtype, tol):
+def test_paste_masks_matches_torchvision(dtype, tol, paste):
     g = torch.Generator().manual_seed(0)
     for h, w in ((97, 131), (64, 200), (150, 40)):
         masks = torch.rand(40, 1, 28, 28, generator=g, dtype=dtype)
         boxes = _boxes(40, h, w, g, dtype)
-        a = mh.paste_masks_in_image(masks, boxes, (h, w))
+        a = paste(masks, boxes, (h, w))
         b = tv_rh.paste_masks_in_image(masks, boxes, (h, w))
         assert a.shape == b.shape == (40, 1, h, w) and a.dtype == dtype
         if dtype == torch.float64:  # the integer box rounding is reproduced exactly: same non-zero pixels
@@ -46,13 +49,15 @@ def test_paste_masks_chunking_and_empty():
     g = torch.Generator().manual_seed(1)
     masks = torch.rand(9, 1, 28, 28, generator=g, dtype=torch.float64)
     boxes = _boxes(9, 70, 80, g)
-    full = mh.paste_masks_in_image(masks, boxes, (70, 80))
-    chunked = mh.paste_masks_in_image(masks, boxes, (70, 80), max_pixels_per_chunk=2 * 70 * 80)
+    full = paste_masks_grid(masks, boxes, (70, 80))
+    chunked = paste_masks_grid(masks, boxes, (70, 80), max_pixels_per_chunk=2 * 70 * 80)
     assert torch.equal(full, chunked)
-    assert mh.paste_masks_in_image(masks[:0], boxes[:0], (70, 80)).shape == (0, 1, 70, 80)
+    assert paste_masks_grid(masks[:0], boxes[:0], (70, 80)).shape == (0, 1, 70, 80)
+    assert paste_masks_in_image(masks[:0], boxes[:0], (70, 80)).shape == (0, 1, 70, 80)
 
 
-@pytest.mark.parametrize("kernel", [ops.roi_align, torchvision.ops.roi_align], ids=["mrcnn_lite", "torchvision"])
+@pytest.mark.parametrize("kernel", [ops.roi_align, fast.roi_align, torchvision.ops.roi_align],
+                         ids=["reference", "fast", "torchvision"])
 def test_mask_targets_and_loss_match_torchvision(kernel):
     g = torch.Generator().manual_seed(2)
     gt_masks = [(torch.rand(3, 60, 70, generator=g) > 0.5).to(torch.uint8), (torch.rand(2, 50, 40, generator=g) > 0.5).to(torch.uint8)]

@@ -1,4 +1,5 @@
-"""The assembled Mask R-CNN: torchvision equality (ResNet-50, float64), losses, empty targets, bad inputs.
+"""The assembled Mask R-CNN: torchvision equality (ResNet-50, float64) on both floors (``kernels="reference"``
+and ``"fast"``), losses, empty targets, bad inputs, intermediates.
 
 The R-50 comparisons run at a small image size with fewer proposals/detections to stay fast on a CPU;
 the architecture and every code path are the full model's.
@@ -13,7 +14,9 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 import mrcnn_lite as ml
-from mrcnn_lite.model.mask_rcnn import MaskRCNN, config_from_torchvision
+from mrcnn_lite.fast import fold_frozen_bn
+from mrcnn_lite.model.interop import config_from_torchvision
+from mrcnn_lite.model.mask_rcnn import MaskRCNN
 
 SMALL = dict(
     min_size=128, max_size=192,
@@ -62,9 +65,10 @@ def _assert_same_detections(out, expected):
     assert total > 0
 
 
-@pytest.fixture(scope="module")
-def converted(r50):
-    return ml.from_torchvision(r50[0])
+@pytest.fixture(scope="module", params=["reference", "fast"])
+def converted(r50, request):
+    """``ml.from_torchvision`` of the torchvision model, on each floor."""
+    return ml.from_torchvision(r50[0], kernels=request.param)
 
 
 def test_from_torchvision_same_detections(r50, converted):
@@ -72,15 +76,17 @@ def test_from_torchvision_same_detections(r50, converted):
     model = converted
     assert not model.training and next(model.parameters()).dtype == torch.float64
     assert model.cfg.min_size == 128 and model.cfg.rpn_post_nms_top_n_test == 100
+    assert model.kernels.name == model.cfg.kernels
     with torch.no_grad():
         out = model(images)
     _assert_same_detections(out, expected)
     assert all(o["masks"].shape[1:] == (1,) + tuple(img.shape[-2:]) for o, img in zip(out, images))
 
 
-def test_load_state_dict_same_detections(r50):
+@pytest.mark.parametrize("floor", ["reference", "fast"])
+def test_load_state_dict_same_detections(r50, floor):
     tv, images, expected = r50
-    model = ml.maskrcnn_resnet50_fpn(num_classes=91, **SMALL)
+    model = ml.maskrcnn_resnet50_fpn(num_classes=91, kernels=floor, **SMALL)
     # the 307 keys of torchvision's COCO v1 checkpoint (FrozenBatchNorm2d: no num_batches_tracked)
     assert len(model.state_dict()) == 307 and set(model.state_dict()) == set(tv.state_dict())
     model.load_state_dict(tv.state_dict(), strict=True)
@@ -90,12 +96,9 @@ def test_load_state_dict_same_detections(r50):
     _assert_same_detections(out, expected)
 
 
-def test_folded_frozen_bn_same_detections(r50):
+def test_folded_frozen_bn_same_detections(r50, randomise_norm_stats):
     """Frozen BN folded into the convs for inference: still torchvision's detections (float64, TOL)."""
     import copy
-
-    from mrcnn_lite.model.backbone import fold_frozen_bn
-    from test_backbone import randomise_norm_stats
 
     tv, images, _ = r50
     tv = copy.deepcopy(tv)
@@ -126,6 +129,7 @@ def test_training_losses_equal_torchvision(r50, converted):
 
 def test_config_from_torchvision_reads_hyperparameters(r50):
     cfg = config_from_torchvision(r50[0])
+    assert cfg.kernels == "fast" and config_from_torchvision(r50[0], kernels="reference").kernels == "reference"
     assert (cfg.depth, cfg.frozen_bn_eps, cfg.num_classes, cfg.max_size) == (50, 0.0, 91, 192)
     assert cfg.box_detections_per_img == 8 and cfg.bbox_reg_weights == (10.0, 10.0, 5.0, 5.0)
     assert cfg.mask_layers == (256, 256, 256, 256) and cfg.mask_dim_reduced == 256
@@ -224,17 +228,65 @@ def _bad(case):
     if case == "missing_masks":
         del t["masks"]
         return images, targets, ValueError, "target 1: missing 'masks'"
+    if case == "mask_255":
+        t["masks"] = t["masks"] * 255
+        return images, targets, ValueError, r"target 1: mask 0 holds the value 255.*mask > 0"
+    if case == "mask_nan":
+        t["masks"] = t["masks"].float()
+        t["masks"][0, 0, 0] = float("nan")
+        return images, targets, ValueError, "target 1: mask 0 holds the value nan"
+    if case == "nan_pixels":
+        images[0][1, 2, 3] = float("nan")
+        return images, targets, ValueError, "image 0 has NaN or infinite pixel values"
+    if case == "inf_pixels":
+        images[1][0, 0, 0] = float("inf")
+        return images, targets, ValueError, "image 1 has NaN or infinite pixel values"
+    if case == "pixels_0_255":
+        images[1] = images[1] * 255
+        return images, targets, ValueError, r"image 1: pixel values must lie in \[0, 1\].*divide 8-bit images by 255"
+    if case == "float64_image":
+        images[0] = images[0].double()
+        return images, targets, TypeError, r"image 0: dtype torch.float64 differs from the model's torch.float32"
+    if case == "thin_image":
+        images[0] = torch.rand(3, 1, 2000)
+        targets[0] = _target(1, 2000, [], [], torch.float32)
+        return images, targets, ValueError, r"image 0: a 1x2000 image would be resized to 0x"
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["images_tensor", "int_image", "gray_image", "no_targets", "degenerate_box",
-                                  "boxes_shape", "label_range", "label_zero", "label_dtype", "mask_size",
-                                  "missing_masks"])
+BAD_CASES = ["images_tensor", "int_image", "gray_image", "no_targets", "degenerate_box", "boxes_shape",
+             "label_range", "label_zero", "label_dtype", "mask_size", "missing_masks", "mask_255", "mask_nan",
+             "nan_pixels", "inf_pixels", "pixels_0_255", "float64_image", "thin_image"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_inputs_raise_clear_errors(tiny, case):
     images, targets, exc, msg = _bad(case)
     tiny.train()
     with pytest.raises(exc, match=msg):
         tiny(images, targets)
+
+
+@pytest.mark.parametrize("case", ["images_tensor", "int_image", "gray_image", "nan_pixels", "inf_pixels",
+                                  "pixels_0_255", "float64_image", "thin_image"])
+def test_bad_images_are_refused_at_inference_too(tiny, case):
+    images, _, exc, msg = _bad(case)
+    tiny.eval()
+    with torch.no_grad(), pytest.raises(exc, match=msg):
+        tiny(images)
+
+
+def test_bool_and_float_masks_of_0_and_1_are_accepted(tiny):
+    images, targets = _tiny_batch()
+    torch.manual_seed(0)
+    tiny.train()
+    expected = tiny(images, targets)
+    for dtype in (torch.bool, torch.float32):
+        converted = [dict(t, masks=t["masks"].to(dtype)) for t in targets]
+        torch.manual_seed(0)
+        losses = tiny(images, converted)
+        for k in expected:
+            torch.testing.assert_close(losses[k], expected[k], rtol=0, atol=0)
 
 
 def test_intermediates(tiny):
@@ -250,17 +302,19 @@ def test_intermediates(tiny):
     assert len(inter["anchors"]) == 2 and inter["anchors"][0].shape[1] == 4
     assert [len(d["boxes"]) for d in inter["detections"]] == [len(o["boxes"]) for o in out]
     assert inter["detections"][0]["masks"].shape[-2:] == (28, 28)
+    assert [len(p) for p in inter["proposal_scores"]] == [len(p) for p in inter["proposals"]]
     tiny.train()
-    losses, inter = tiny.forward_with_intermediates(images, targets)
-    assert {"sampled_proposals", "labels", "regression_targets", "matched_idxs", "mask_logits"} <= set(inter)
+    losses, inter = tiny(images, targets, return_intermediates=True)
+    assert {"sampled_proposals", "labels", "regression_targets", "matched_idxs", "mask_logits",
+            "anchors", "proposals", "proposal_scores"} <= set(inter)
     assert len(losses) == 5
 
 
-def test_double_and_kernel_switch_agree():
-    """model.double() works end to end; the from-scratch ops give torchvision's kernels' numbers."""
+def test_double_and_both_floors_agree():
+    """model.double() works end to end; the reference floor gives the fast floor's numbers."""
     torch.manual_seed(0)
-    a = ml.build_model(ml.config.tiny(num_classes=4, use_torchvision_ops=True, box_score_thresh=0.0))
-    b = ml.build_model(ml.config.tiny(num_classes=4, use_torchvision_ops=False, box_score_thresh=0.0))
+    a = ml.build_model(ml.config.tiny(num_classes=4, kernels="fast", box_score_thresh=0.0))
+    b = ml.build_model(ml.config.tiny(num_classes=4, kernels="reference", box_score_thresh=0.0))
     b.load_state_dict(a.state_dict())
     a, b = a.double().eval(), b.double().eval()
     images = [img.double() for img in _tiny_batch()[0]]

@@ -11,7 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from mrcnn_lite import ops
+from mrcnn_lite import fast, ops
+
+# Both floors: the greedy loop (mrcnn_lite.ops) and the vectorised fixed point (mrcnn_lite.fast).
+FLOORS = pytest.mark.parametrize("floor", [ops, fast], ids=["reference", "fast"])
 
 SEEDS = range(50)
 DTYPES = (torch.float32, torch.float64)
@@ -63,31 +66,34 @@ def _count(scores: torch.Tensor, kept: torch.Tensor) -> None:
     STATS["tied_scores"] += len(scores) - len(torch.unique(scores))
 
 
+@FLOORS
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nms_matches_torchvision(dtype):
+def test_nms_matches_torchvision(dtype, floor):
     for seed in SEEDS:
         boxes, scores, _ = hard_case(seed, dtype)
         for thr in THRESHOLDS:
-            ours = ops.nms(boxes, scores, thr)
+            ours = floor.nms(boxes, scores, thr)
             ref = torchvision.ops.nms(boxes, scores, thr)
             assert ours.dtype == torch.int64
             assert torch.equal(ours, ref), f"seed {seed} thr {thr}: {ours.tolist()} != {ref.tolist()}"
             _count(scores, ours)
 
 
+@FLOORS
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_batched_nms_matches_torchvision(dtype):
+def test_batched_nms_matches_torchvision(dtype, floor):
     for seed in SEEDS:
         boxes, scores, idxs = hard_case(seed, dtype)
         for thr in THRESHOLDS:
-            ours = ops.batched_nms(boxes, scores, idxs, thr)
+            ours = floor.batched_nms(boxes, scores, idxs, thr)
             ref = torchvision.ops.batched_nms(boxes, scores, idxs, thr)
             assert ours.dtype == torch.int64
             assert torch.equal(ours, ref), f"seed {seed} thr {thr}: {ours.tolist()} != {ref.tolist()}"
             _count(scores, ours)
 
 
-def test_batched_nms_matches_torchvision_large():
+@FLOORS
+def test_batched_nms_matches_torchvision_large(floor):
     # Above 1000 boxes torchvision switches from the coordinate-offset trick to a per-class loop.
     g = torch.Generator().manual_seed(123)
     ctr = torch.rand(1500, 2, generator=g) * 300
@@ -97,42 +103,45 @@ def test_batched_nms_matches_torchvision_large():
     scores = torch.randperm(1500, generator=g).float() / 1500
     idxs = torch.randint(0, 5, (1500,), generator=g)
     for thr in (0.3, 0.5, 0.7):
-        ours = ops.batched_nms(boxes, scores, idxs, thr)
+        ours = floor.batched_nms(boxes, scores, idxs, thr)
         assert torch.equal(ours, torchvision.ops.batched_nms(boxes, scores, idxs, thr))
         _count(scores, ours)
 
 
+@FLOORS
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_batched_nms_is_nms_per_class(dtype):
+def test_batched_nms_is_nms_per_class(dtype, floor):
     # Definition check that does not rely on the offset trick: run nms class by class and merge.
     for seed in range(20):
         boxes, scores, idxs = hard_case(seed, dtype)
-        ours = ops.batched_nms(boxes, scores, idxs, 0.5)
+        ours = floor.batched_nms(boxes, scores, idxs, 0.5)
         keep = []
         for c in idxs.unique():
             where = torch.where(idxs == c)[0]
-            keep.append(where[ops.nms(boxes[where], scores[where], 0.5)])
+            keep.append(where[floor.nms(boxes[where], scores[where], 0.5)])
         merged = torch.cat(keep) if keep else torch.empty(0, dtype=torch.int64)
         assert sorted(ours.tolist()) == sorted(merged.tolist())
         assert (scores[ours][:-1] >= scores[ours][1:]).all()  # sorted by decreasing score
 
 
-def test_nms_empty_and_single():
+@FLOORS
+def test_nms_empty_and_single(floor):
     for dtype in DTYPES:
         empty_b, empty_s = torch.zeros(0, 4, dtype=dtype), torch.zeros(0, dtype=dtype)
-        for fn_ours, fn_ref in ((ops.nms, torchvision.ops.nms),):
+        for fn_ours, fn_ref in ((floor.nms, torchvision.ops.nms),):
             out, ref = fn_ours(empty_b, empty_s, 0.5), fn_ref(empty_b, empty_s, 0.5)
             assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype == torch.int64
-        out = ops.batched_nms(empty_b, empty_s, torch.zeros(0, dtype=torch.int64), 0.5)
+        out = floor.batched_nms(empty_b, empty_s, torch.zeros(0, dtype=torch.int64), 0.5)
         ref = torchvision.ops.batched_nms(empty_b, empty_s, torch.zeros(0, dtype=torch.int64), 0.5)
         assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype == torch.int64
         one_b = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=dtype)
         one_s = torch.tensor([0.3], dtype=dtype)
-        assert ops.nms(one_b, one_s, 0.5).tolist() == [0]
-        assert ops.batched_nms(one_b, one_s, torch.tensor([7]), 0.5).tolist() == [0]
+        assert floor.nms(one_b, one_s, 0.5).tolist() == [0]
+        assert floor.batched_nms(one_b, one_s, torch.tensor([7]), 0.5).tolist() == [0]
 
 
-def test_nms_known_cases():
+@FLOORS
+def test_nms_known_cases(floor):
     boxes = torch.tensor([
         [0.0, 0.0, 4.0, 1.0],   # 0
         [0.0, 0.0, 2.0, 1.0],   # 1: IoU with 0 is exactly 0.5
@@ -141,51 +150,66 @@ def test_nms_known_cases():
     ])
     scores = torch.tensor([0.9, 0.8, 0.9, 0.1])
     # Ties keep input order (0 before 2); 2 is a duplicate of 0; IoU == 0.5 is not > 0.5.
-    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 1, 3]
-    assert ops.nms(boxes, scores, 0.49).tolist() == [0, 3]
-    assert ops.nms(boxes, scores, 1.0).tolist() == [0, 2, 1, 3]  # IoU is never > 1
+    assert floor.nms(boxes, scores, 0.5).tolist() == [0, 1, 3]
+    assert floor.nms(boxes, scores, 0.49).tolist() == [0, 3]
+    assert floor.nms(boxes, scores, 1.0).tolist() == [0, 2, 1, 3]  # IoU is never > 1
     for thr in (0.49, 0.5, 1.0):
-        assert torch.equal(ops.nms(boxes, scores, thr), torchvision.ops.nms(boxes, scores, thr))
+        assert torch.equal(floor.nms(boxes, scores, thr), torchvision.ops.nms(boxes, scores, thr))
     # Per class: putting box 2 in its own class saves it from box 0.
     idxs = torch.tensor([0, 0, 1, 0])
-    assert ops.batched_nms(boxes, scores, idxs, 0.49).tolist() == [0, 2, 3]
-    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.49),
+    assert floor.batched_nms(boxes, scores, idxs, 0.49).tolist() == [0, 2, 3]
+    assert torch.equal(floor.batched_nms(boxes, scores, idxs, 0.49),
                        torchvision.ops.batched_nms(boxes, scores, idxs, 0.49))
 
 
-def test_nms_degenerate_boxes_match_torchvision():
+@FLOORS
+def test_nms_degenerate_boxes_match_torchvision(floor):
     # Zero-area boxes: IoU of two of them is 0/0 = NaN, which is never "> threshold", so both stay.
     boxes = torch.tensor([[5.0, 5.0, 5.0, 9.0], [5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 10.0, 10.0], [3.0, 3.0, 3.0, 3.0]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     for thr in (0.0, 0.5):
-        assert torch.equal(ops.nms(boxes, scores, thr), torchvision.ops.nms(boxes, scores, thr))
-        assert ops.nms(boxes, scores, thr).tolist() == [0, 1, 2, 3]
+        assert torch.equal(floor.nms(boxes, scores, thr), torchvision.ops.nms(boxes, scores, thr))
+        assert floor.nms(boxes, scores, thr).tolist() == [0, 1, 2, 3]
 
 
-def test_nms_threshold_compared_like_torchvision():
+@FLOORS
+def test_nms_threshold_compared_like_torchvision(floor):
     # inter = 2 * 6 = 12, union = 24 + 108 - 12 = 120: IoU = 0.1. In float32 that is 0.100000001...,
     # which torchvision (comparing in double) counts as > 0.1, so box 1 goes; in float64 it is exactly
     # 0.1, not > 0.1, so box 1 stays.
     boxes = torch.tensor([[15.0, 76.0, 33.0, 82.0], [26.0, 70.0, 28.0, 82.0]])
     scores = torch.tensor([0.9, 0.2])
-    assert ops.nms(boxes, scores, 0.1).tolist() == [0]
-    assert ops.nms(boxes.double(), scores.double(), 0.1).tolist() == [0, 1]
+    assert floor.nms(boxes, scores, 0.1).tolist() == [0]
+    assert floor.nms(boxes.double(), scores.double(), 0.1).tolist() == [0, 1]
     for dtype in DTYPES:
         b, s = boxes.to(dtype), scores.to(dtype)
-        assert torch.equal(ops.nms(b, s, 0.1), torchvision.ops.nms(b, s, 0.1))
+        assert torch.equal(floor.nms(b, s, 0.1), torchvision.ops.nms(b, s, 0.1))
         idxs = torch.tensor([3, 3])
-        assert torch.equal(ops.batched_nms(b, s, idxs, 0.1), torchvision.ops.batched_nms(b, s, idxs, 0.1))
+        assert torch.equal(floor.batched_nms(b, s, idxs, 0.1), torchvision.ops.batched_nms(b, s, idxs, 0.1))
 
 
-def test_nms_greedy_chain():
+@FLOORS
+def test_nms_greedy_chain(floor):
     # A chain where each box overlaps only its neighbours: 0 suppresses 1, so 2 survives, and so on.
     # The greedy result depends on the order of decisions, which a one-shot "suppressed by any
     # higher box" rule would get wrong.
     boxes = torch.tensor([[float(i), 0.0, i + 2.0, 1.0] for i in range(9)])
     scores = torch.linspace(1.0, 0.1, 9)
-    ours = ops.nms(boxes, scores, 0.3)
+    ours = floor.nms(boxes, scores, 0.3)
     assert ours.tolist() == [0, 2, 4, 6, 8]
     assert torch.equal(ours, torchvision.ops.nms(boxes, scores, 0.3))
+
+
+def test_nms_long_chain_is_fast_and_exact():
+    """2,000 chained boxes (each suppresses only the next): the greedy loop runs 1,000 times; the fixed
+    point would need 1,000 sweeps of a 2000 x 2000 matrix, so the fast floor finishes it row by row."""
+    n = 2000
+    boxes = torch.stack([torch.arange(n) * 1.0, torch.zeros(n), torch.arange(n) + 2.0, torch.ones(n)], dim=1)
+    scores = torch.linspace(1.0, 0.0, n)
+    expected = torchvision.ops.nms(boxes, scores, 0.3)
+    assert torch.equal(ops.nms(boxes, scores, 0.3), expected)
+    assert torch.equal(fast.nms(boxes, scores, 0.3), expected)
+    assert expected.tolist() == list(range(0, n, 2))
 
 
 def test_nms_clear_errors():
@@ -198,20 +222,23 @@ def test_nms_clear_errors():
         ops.batched_nms(boxes, torch.rand(6), torch.zeros(5, dtype=torch.int64), 0.5)
     with pytest.raises(ValueError, match="idxs"):
         ops.batched_nms(boxes, torch.rand(5), torch.zeros(4, dtype=torch.int64), 0.5)
+    with pytest.raises(TypeError, match="boxes must be a torch.Tensor"):
+        ops.nms([[0, 0, 1, 1]], torch.rand(1), 0.5)
 
 
+@FLOORS
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CPU-only machine")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nms_cuda_parity(dtype):
+def test_nms_cuda_parity(dtype, floor):
     for seed in range(20):
         boxes, scores, idxs = hard_case(seed, dtype)
         # torchvision documents that tie-breaking may differ on CUDA: compare with distinct scores.
         scores = scores + torch.arange(len(scores), dtype=dtype) * 1e-4
         bc, sc, ic = boxes.cuda(), scores.cuda(), idxs.cuda()
         for thr in (0.3, 0.5, 0.7):
-            ours = ops.nms(bc, sc, thr)
+            ours = floor.nms(bc, sc, thr)
             assert ours.device.type == "cuda"
-            assert torch.equal(ours.cpu(), ops.nms(boxes, scores, thr))
+            assert torch.equal(ours.cpu(), floor.nms(boxes, scores, thr))
             assert torch.equal(ours.cpu(), torchvision.ops.nms(bc, sc, thr).cpu())
-            ours_b = ops.batched_nms(bc, sc, ic, thr)
+            ours_b = floor.batched_nms(bc, sc, ic, thr)
             assert torch.equal(ours_b.cpu(), torchvision.ops.batched_nms(bc, sc, ic, thr).cpu())

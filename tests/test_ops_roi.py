@@ -16,13 +16,13 @@ torchvision = pytest.importorskip("torchvision")
 import torchvision.ops as tvo  # noqa: E402
 from torchvision.ops.poolers import LevelMapper  # noqa: E402
 
-from mrcnn_lite.model.kernels import kernels  # noqa: E402
-from mrcnn_lite.ops import roi_ops  # noqa: E402
-from mrcnn_lite.ops.roi_ops import (  # noqa: E402
-    MultiScaleRoIAlign, infer_scale, map_levels, roi_align, roi_pool, setup_scales,
-)
+from mrcnn_lite import fast  # noqa: E402
+from mrcnn_lite.ops.poolers import MultiScaleRoIAlign, infer_scale, map_levels, setup_scales  # noqa: E402
+from mrcnn_lite.ops.roi_ops import roi_align, roi_pool  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
+# RoIAlign on both floors: the reference (mrcnn_lite.ops) and the fast one (mrcnn_lite.fast).
+ROI_ALIGNS = pytest.mark.parametrize("roi_align_fn", [roi_align, fast.roi_align], ids=["reference", "fast"])
 TOL = 1e-5
 
 
@@ -61,8 +61,9 @@ def grads(fn_out, x, go):
 WORST = {}
 
 
+@ROI_ALIGNS
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_roi_align_matches_torchvision_forward_and_backward(dtype):
+def test_roi_align_matches_torchvision_forward_and_backward(dtype, roi_align_fn):
     worst_f = worst_b = 0.0
     cases = 0
     for seed in range(12):
@@ -76,35 +77,16 @@ def test_roi_align_matches_torchvision_forward_and_backward(dtype):
         for aligned in (False, True):
             for sr in (-1, 1, 2):
                 out_size = (3, 4) if seed % 2 else 5
-                ours = roi_align(x, boxes, out_size, scale, sr, aligned)
+                ours = roi_align_fn(x, boxes, out_size, scale, sr, aligned)
                 ref = tvo.roi_align(x, tv_rois, out_size, scale, sr, aligned)
                 go = torch.randn_like(ref)
                 worst_f = max(worst_f, rel_err(ours, ref))
                 worst_b = max(worst_b, rel_err(grads(ours, x, go), grads(ref, x, go)))
                 cases += 1
-    WORST[("roi_align", str(dtype))] = (worst_f, worst_b)
-    print(f"\nroi_align {dtype}: {cases} cases, "
+    WORST[(roi_align_fn.__module__, str(dtype))] = (worst_f, worst_b)
+    print(f"\n{roi_align_fn.__module__} {dtype}: {cases} cases, "
           f"worst rel err forward {worst_f:.2e}, input-grad {worst_b:.2e}")
     assert worst_f < TOL and worst_b < TOL
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_weighted_rows_is_the_written_out_weighted_gather(dtype):
-    """roi_align's one contact with the features (embedding_bag) equals gather-weight-sum, forward and backward."""
-    g = torch.Generator().manual_seed(3)
-    feat = torch.randn(50, 6, generator=g, dtype=dtype, requires_grad=True)
-    index = torch.randint(0, 50, (40, 16), generator=g)
-    index[0] = 7  # one row reads the same cell 16 times: the weights must add up
-    weight = torch.rand(40, 16, generator=g, dtype=dtype)
-    weight[1] = 0  # and a row with no weight at all is exactly zero
-    ours = roi_ops._weighted_rows(feat, index, weight)
-    ref = (feat[index] * weight[:, :, None]).sum(dim=1)
-    assert ours.shape == (40, 6) and torch.equal(ours[1], torch.zeros(6, dtype=dtype))
-    torch.testing.assert_close(ours[0], feat[7] * weight[0].sum())
-    torch.testing.assert_close(ours, ref)
-    go = torch.randn(40, 6, generator=g, dtype=dtype)
-    torch.testing.assert_close(grads(ours, feat, go), grads(ref, feat, go))
-    assert roi_ops._weighted_rows(feat, index[:0], weight[:0]).shape == (0, 6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -205,14 +187,15 @@ def roi_pool_loops(x, rois, ph, pw, scale):
 TV_ROIS = torch.tensor([[0, 0, 0, 9, 9], [0, 0, 5, 4, 9], [0, 5, 5, 9, 9], [1, 0, 0, 9, 9]], dtype=torch.float64)
 
 
+@ROI_ALIGNS
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sr,scale,pool", [(-1, 1.0, (5, 5)), (2, 0.5, (5, 2)), (1, 1.0, (3, 4)), (-1, 0.3, (4, 3))])
-def test_roi_align_equals_brute_force_loops(aligned, sr, scale, pool):
+def test_roi_align_equals_brute_force_loops(aligned, sr, scale, pool, roi_align_fn):
     x = torch.rand(2, 2, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     rois = torch.cat([TV_ROIS, torch.tensor([[1, -2.0, 3.3, 1.2, 3.4], [0, 7.5, 6.25, 13.0, 11.0]],
                                              dtype=torch.float64)])
     expected = roi_align_loops(x, rois, *pool, scale, sr, aligned)
-    got = roi_align(x, rois, pool, scale, sr, aligned)
+    got = roi_align_fn(x, rois, pool, scale, sr, aligned)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -222,24 +205,26 @@ def test_roi_pool_equals_brute_force_loops(scale, pool):
     assert torch.equal(roi_pool(x, TV_ROIS, pool, scale), roi_pool_loops(x, TV_ROIS, *pool, scale))
 
 
-def test_roi_align_on_a_linear_ramp_returns_bin_centres():
+@ROI_ALIGNS
+def test_roi_align_on_a_linear_ramp_returns_bin_centres(roi_align_fn):
     """Bilinear interpolation is exact on f(y, x) = x, so each aligned bin averages to its centre."""
     h, w = 12, 16
     ramp = torch.arange(w, dtype=torch.float64).expand(1, 1, h, w)
     box = torch.tensor([[0, 2.0, 3.0, 10.0, 9.0]], dtype=torch.float64)  # x from 2 to 10, 4 bins of 2
-    out = roi_align(ramp, box, (3, 4), sampling_ratio=2, aligned=True)
+    out = roi_align_fn(ramp, box, (3, 4), sampling_ratio=2, aligned=True)
     # aligned: pixel i covers [i, i+1) in box coordinates, so its value sits at i + 0.5
     expected = torch.tensor([3.0, 5.0, 7.0, 9.0], dtype=torch.float64) - 0.5
     torch.testing.assert_close(out[0, 0], expected.expand(3, 4), rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------ gradients
+@ROI_ALIGNS
 @pytest.mark.parametrize("aligned,sr", [(False, -1), (True, 2), (True, -1)])
-def test_roi_align_gradcheck(aligned, sr):
+def test_roi_align_gradcheck(aligned, sr, roi_align_fn):
     x = torch.rand(2, 1, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     rois = torch.tensor([[0, 0.3, 0.7, 5.2, 4.9], [1, -1.5, 2.0, 3.0, 7.5], [1, 4.2, 1.1, 4.6, 1.3]],
                         dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (2, 3), 1.0, sr, aligned), (x,))
+    assert torch.autograd.gradcheck(lambda t: roi_align_fn(t, rois, (2, 3), 1.0, sr, aligned), (x,))
 
 
 def test_roi_pool_gradcheck_away_from_ties():
@@ -250,10 +235,11 @@ def test_roi_pool_gradcheck_away_from_ties():
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, (3, 2)), (x,))
 
 
-def test_boxes_get_no_gradient_like_torchvision():
+@ROI_ALIGNS
+def test_boxes_get_no_gradient_like_torchvision(roi_align_fn):
     x = torch.rand(1, 1, 5, 5)
     rois = torch.tensor([[0, 0.5, 0.5, 3.5, 3.5]], requires_grad=True)
-    out = roi_align(x, rois, 2)
+    out = roi_align_fn(x, rois, 2)
     assert not out.requires_grad
 
 
@@ -306,18 +292,7 @@ def test_box_dtype_is_converted_to_the_input_dtype():
                                roi_pool(x, [torch.tensor([[1.0, 1, 4, 4]], dtype=torch.float64)], 2))
 
 
-# ------------------------------------------------------------------ kernels switch and FPN pooling
-def test_kernel_switch_gives_the_same_numbers():
-    fast, scratch = kernels(True), kernels(False)
-    assert scratch.name == "mrcnn_lite" and fast.name == "torchvision"
-    x, rois = random_case(7, torch.float32, 0.25)
-    for aligned in (False, True):
-        a = fast.roi_align(x, rois, 7, 0.25, 2, aligned)
-        b = scratch.roi_align(x, rois, 7, 0.25, 2, aligned)
-        assert rel_err(b, a) < TOL
-    assert torch.equal(fast.roi_pool(x, rois, 7, 0.25), scratch.roi_pool(x, rois, 7, 0.25))
-
-
+# ------------------------------------------------------------------ FPN pooling
 def fpn_case(dtype=torch.float32, image_hw=(96, 128), n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     h, w = image_hw
@@ -333,13 +308,13 @@ def fpn_case(dtype=torch.float32, image_hw=(96, 128), n=2, seed=0):
     return feats, boxes, [image_hw] * n
 
 
-@pytest.mark.parametrize("use_tv_kernel", [False, True], ids=["scratch-kernel", "tv-kernel"])
+@pytest.mark.parametrize("kernel", [roi_align, fast.roi_align, tvo.roi_align], ids=["reference", "fast", "tv-kernel"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_multiscale_roi_align_matches_torchvision(dtype, use_tv_kernel):
+def test_multiscale_roi_align_matches_torchvision(dtype, kernel):
     feats, boxes, shapes = fpn_case(dtype)
     feats = OrderedDict((k, v.requires_grad_(True)) for k, v in feats.items())
     names = ["0", "1", "2", "3"]
-    ours = MultiScaleRoIAlign(names, 7, 2, roi_align=kernels(use_tv_kernel).roi_align)
+    ours = MultiScaleRoIAlign(names, 7, 2, roi_align=kernel)
     ref = tvo.MultiScaleRoIAlign(names, 7, 2)
     a, b = ours(feats, boxes, shapes), ref(feats, boxes, shapes)
     assert a.shape == (40, 4, 7, 7)
@@ -411,9 +386,10 @@ def test_multiscale_errors_and_repr():
 
 
 # ------------------------------------------------------------------ CUDA
+@ROI_ALIGNS
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_cuda_matches_torchvision_and_cpu(dtype):
+def test_cuda_matches_torchvision_and_cpu(dtype, roi_align_fn):
     for seed in range(4):
         scale = [1.0, 0.25][seed % 2]
         x, rois = random_case(seed, dtype, scale)
@@ -421,12 +397,12 @@ def test_cuda_matches_torchvision_and_cpu(dtype):
         rc = rois.cuda()
         for aligned in (False, True):
             for sr in (-1, 2):
-                ours = roi_align(xc, rc, 5, scale, sr, aligned)
+                ours = roi_align_fn(xc, rc, 5, scale, sr, aligned)
                 ref = tvo.roi_align(xc, rc, 5, scale, sr, aligned)
                 go = torch.randn_like(ref)
                 assert rel_err(ours, ref) < TOL
                 assert rel_err(grads(ours, xc, go), grads(ref, xc, go)) < TOL
-                assert rel_err(ours.cpu(), roi_align(x, rois, 5, scale, sr, aligned)) < TOL
+                assert rel_err(ours.cpu(), roi_align_fn(x, rois, 5, scale, sr, aligned)) < TOL
         ours = roi_pool(xc, rc, 3, scale)
         ref = tvo.roi_pool(xc, rc, 3, scale)
         go = torch.randn_like(ref)

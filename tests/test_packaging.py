@@ -52,19 +52,46 @@ def test_constraints_pin_the_working_pair():
 
 def test_ops_work_without_torchvision():
     # mrcnn_lite.ops is the from-scratch reference: with torchvision made unimportable, the package
-    # still imports, the kernel switch falls back to our ops, and the ops compute.
+    # still imports, the ops compute, and the fast floor falls back to its own kernels (and says so).
     code = (
         "import sys; sys.modules['torchvision'] = None\n"
         "import torch, mrcnn_lite as ml\n"
-        "from mrcnn_lite.model.kernels import kernels, TORCHVISION_KERNELS_AVAILABLE\n"
-        "assert not TORCHVISION_KERNELS_AVAILABLE and kernels(True).name == 'mrcnn_lite'\n"
+        "from mrcnn_lite.fast import TORCHVISION_KERNELS_AVAILABLE\n"
+        "assert not TORCHVISION_KERNELS_AVAILABLE\n"
         "b = torch.tensor([[0., 0., 4., 4.], [2., 2., 6., 6.]])\n"
         "assert abs(ml.ops.box_iou(b, b)[0, 1].item() - 4 / 28) < 1e-7\n"
         "assert ml.ops.roi_align(torch.ones(1, 1, 8, 8), [b], 2).shape == (2, 1, 2, 2)\n"
+        "m = ml.build_model(ml.config.tiny(num_classes=2)).eval()\n"
+        "with torch.no_grad(): m([torch.rand(3, 64, 64)])\n"
+        "used = m.kernels_used()\n"
+        "assert used['batched_nms'] == 'mrcnn_lite.fast.batched_nms', used\n"
+        "assert used['roi_align'] == 'mrcnn_lite.fast.roi_align', used\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     for f in (ROOT / "mrcnn_lite" / "ops").glob("*.py"):
         assert "torchvision" not in re.sub(r'""".*?"""|#.*', "", f.read_text(), flags=re.S), f"{f.name} mentions torchvision in code"
+
+
+def test_import_directions():
+    """ops imports nothing of mrcnn_lite; model imports only ops, config and itself (and the fast floor
+    in one place, model/kernels.py, when a model is built with kernels="fast"); the stage modules never
+    import the fast floor, the tools or the course."""
+    pattern = re.compile(r"^\s*from \.+(\w*)|^\s*import mrcnn_lite\.(\w+)|^\s*from mrcnn_lite\.(\w+)", re.M)
+
+    def imported(path):
+        found = set()
+        for m in pattern.finditer(path.read_text()):
+            found.add(next(g for g in m.groups() if g is not None) or "")
+        return found
+
+    pkg = ROOT / "mrcnn_lite"
+    for f in (pkg / "ops").glob("*.py"):
+        assert imported(f) <= {"", "boxes", "nms", "roi_ops", "poolers"}, f.name
+    stages = {"", "anchors", "backbone", "box_head", "fpn", "frozen_bn", "inputs", "interop", "kernels", "mask_head",
+              "mask_rcnn", "matching", "roi_heads", "rpn", "rpn_head", "transform", "ops", "config"}
+    for f in (pkg / "model").glob("*.py"):
+        allowed = stages | ({"fast"} if f.name == "kernels.py" else set())
+        assert imported(f) <= allowed, (f.name, imported(f) - allowed)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -8,17 +8,15 @@ from torchvision.models.detection import rpn as tv_rpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from mrcnn_lite import ops
 from mrcnn_lite.config import tiny
 from mrcnn_lite.model.anchors import AnchorGenerator
-from mrcnn_lite.model.kernels import kernels
-from mrcnn_lite.model.rpn import (
-    BalancedPositiveNegativeSampler,
-    Matcher,
-    RegionProposalNetwork,
-    RPNHead,
-    build_rpn,
-)
+from mrcnn_lite.model.kernels import kernels_for
+from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
+from mrcnn_lite.model.rpn import RegionProposalNetwork, RPNHead, build_rpn
+from mrcnn_lite.model.transform import ImageList as OurImageList
+
+# The RPN on both floors: the reference NMS and sampler, or the fast floor's (same numbers).
+FLOORS = pytest.mark.parametrize("floor", ["reference", "fast"])
 
 RTOL = 1e-10
 
@@ -135,8 +133,9 @@ H, W = 128, 160
 IMAGE_SIZES = [(128, 150), (117, 160), (128, 160)]
 
 
-def _setup(seed=0, channels=8, **overrides):
-    """Our RPN and torchvision's with the same (random, non-trivial) head weights, float64 inputs."""
+def _setup(seed=0, channels=8, floor="reference", **overrides):
+    """Our RPN (with ``floor``'s NMS and sampler) and torchvision's with the same (random, non-trivial)
+    head weights, float64 inputs."""
     torch.manual_seed(seed)
     head = RPNHead(channels, 3).double()
     for p in head.parameters():  # larger than the 0.01 init so proposals move and scores spread
@@ -147,7 +146,9 @@ def _setup(seed=0, channels=8, **overrides):
               pre_nms_top_n=dict(training=300, testing=150), post_nms_top_n=dict(training=200, testing=100),
               nms_thresh=0.7, score_thresh=0.0)
     kw.update(overrides)
-    ours = RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), head, **kw)
+    k = kernels_for(floor)
+    ours = RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), head, nms_fn=k.batched_nms, **kw)
+    ours.fg_bg_sampler = k.sampler(kw["batch_size_per_image"], kw["positive_fraction"])
     theirs = tv_rpn.RegionProposalNetwork(TVAnchorGenerator(SIZES, RATIOS), tv_head, **kw)
     B = len(IMAGE_SIZES)
     images = torch.rand(B, 3, H, W, dtype=torch.float64)
@@ -183,13 +184,14 @@ def _assert_same_proposals(ours, theirs):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=0)
 
 
+@FLOORS
 @pytest.mark.parametrize("score_thresh", [0.0, 0.6])
-def test_state_dict_and_eval_proposals_equal_torchvision(score_thresh):
-    ours, theirs, images, features, _ = _setup(score_thresh=score_thresh)
+def test_state_dict_and_eval_proposals_equal_torchvision(score_thresh, floor):
+    ours, theirs, images, features, _ = _setup(score_thresh=score_thresh, floor=floor)
     assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
     ours.eval(), theirs.eval()
     with torch.no_grad():
-        a, la = ours(images, IMAGE_SIZES, features)
+        a, la = ours(OurImageList(images, IMAGE_SIZES), features)
         b, _ = theirs(ImageList(images, IMAGE_SIZES), features)
     assert la == {}
     _assert_same_proposals(a, b)
@@ -200,13 +202,14 @@ def test_state_dict_and_eval_proposals_equal_torchvision(score_thresh):
         assert (p[:, 0::2] <= w).all() and (p[:, 1::2] <= h).all() and (p >= 0).all()
 
 
-def test_training_proposals_and_losses_equal_torchvision_same_seed():
+@FLOORS
+def test_training_proposals_and_losses_equal_torchvision_same_seed(floor):
     # Our sampler makes the same random calls as torchvision's, so one seed gives the same sample.
-    ours, theirs, images, features, targets = _setup(seed=1)
+    ours, theirs, images, features, targets = _setup(seed=1, floor=floor)
     _float64_labels(theirs)
     ours.train(), theirs.train()
     torch.manual_seed(123)
-    a, la = ours(images, IMAGE_SIZES, features, targets)
+    a, la = ours(OurImageList(images, IMAGE_SIZES), features, targets)
     torch.manual_seed(123)
     b, lb = theirs(ImageList(images, IMAGE_SIZES), features, targets)
     _assert_same_proposals(a, b)
@@ -222,13 +225,15 @@ def test_training_proposals_and_losses_equal_torchvision_same_seed():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-15, msg=name)
 
 
-def test_losses_equal_torchvision_when_every_anchor_is_sampled():
+@FLOORS
+def test_losses_equal_torchvision_when_every_anchor_is_sampled(floor):
     # No randomness at all: a batch larger than the number of anchors samples every labelled anchor.
-    ours, theirs, images, features, targets = _setup(seed=2, batch_size_per_image=10**9, positive_fraction=0.5)
+    ours, theirs, images, features, targets = _setup(seed=2, floor=floor, batch_size_per_image=10**9,
+                                                     positive_fraction=0.5)
     _float64_labels(theirs)
     ours.train(), theirs.train()
     torch.manual_seed(0)
-    _, la = ours(images, IMAGE_SIZES, features, targets)
+    _, la = ours(OurImageList(images, IMAGE_SIZES), features, targets)
     torch.manual_seed(99)  # a different seed: the result must not depend on it
     _, lb = theirs(ImageList(images, IMAGE_SIZES), features, targets)
     for k in la:
@@ -249,30 +254,20 @@ def test_targets_labels_and_regression_targets_equal_torchvision():
     assert set(labels[0].unique().tolist()) == {-1.0, 0.0, 1.0}
 
 
-def test_empty_targets_zero_box_loss_and_backward():
-    ours, *_ , images, features, _ = _setup(seed=4)
+@FLOORS
+def test_empty_targets_zero_box_loss_and_backward(floor):
+    ours, *_ , images, features, _ = _setup(seed=4, floor=floor)
     ours.train()
     targets = [{"boxes": torch.zeros(0, 4, dtype=torch.float64)} for _ in IMAGE_SIZES]
     for f in features.values():
         f.requires_grad_(True)
-    proposals, losses = ours(images, IMAGE_SIZES, features, targets)
+    proposals, losses = ours(OurImageList(images, IMAGE_SIZES), features, targets)
     assert losses["loss_rpn_box_reg"].item() == 0.0
     assert torch.isfinite(losses["loss_objectness"]) and losses["loss_objectness"] > 0
     sum(losses.values()).backward()
     for p in ours.head.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
     assert all(len(p) > 0 for p in proposals)
-
-
-def test_torchvision_kernels_give_the_same_proposals():
-    ours, _, images, features, _ = _setup(seed=5)
-    ours.eval()
-    with torch.no_grad():
-        a, _ = ours(images, IMAGE_SIZES, features)
-        ours.nms_fn = kernels(True).batched_nms
-        b, _ = ours(images, IMAGE_SIZES, features)
-    assert ours.nms_fn is not ops.batched_nms
-    _assert_same_proposals(a, b)
 
 
 def test_build_rpn_from_tiny_config():
@@ -286,24 +281,18 @@ def test_build_rpn_from_tiny_config():
     rpn.eval()
     feats = [torch.randn(1, 64, 128 // s, 128 // s) for s in STRIDES]
     with torch.no_grad():
-        proposals, losses = rpn(torch.zeros(1, 3, 128, 128), [(128, 128)], feats)
+        proposals, losses = rpn(OurImageList(torch.zeros(1, 3, 128, 128), [(128, 128)]),
+                                OrderedDict(enumerate(feats)))
     assert losses == {} and proposals[0].shape[1] == 4 and len(proposals[0]) <= cfg.rpn_post_nms_top_n_test
 
 
 def test_bad_inputs_name_the_problem():
+    """The RPN trusts its inputs (the model checks them at its entrance); what is left: no targets in
+    training, and a constructor argument of the wrong form."""
     ours, _, images, features, targets = _setup(seed=6)
     ours.train()
     with pytest.raises(ValueError, match="targets must be given"):
-        ours(images, IMAGE_SIZES, features)
-    bad = [dict(t) for t in targets]
-    bad[2] = {"boxes": torch.zeros(3, 5, dtype=torch.float64)}
-    with pytest.raises(ValueError, match=r"targets\[2\]"):
-        ours(images, IMAGE_SIZES, features, bad)
-    bad[2] = {"boxes": torch.zeros(1, 4, dtype=torch.int64)}
-    with pytest.raises(TypeError, match=r"targets\[2\]"):
-        ours(images, IMAGE_SIZES, features, bad)
-    with pytest.raises(ValueError, match="image_sizes"):
-        ours(images, IMAGE_SIZES[:2], features, targets)
+        ours(OurImageList(images, IMAGE_SIZES), features)
     with pytest.raises(ValueError, match="pre_nms_top_n"):
         RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), RPNHead(8, 3), 0.7, 0.3, 256, 0.5,
                               dict(train=1), dict(training=1, testing=1), 0.7)

@@ -1,5 +1,6 @@
-"""Speed work that must not change results: AMP with box math in float32, precomputed and folded frozen BN,
-fewer host-device syncs, and the opt-in torch.compile of the backbone.
+"""The fast floor's speed work must not change results: AMP with box math in float32, cached and folded
+frozen BN, fewer host-device syncs, which kernel the fast floor dispatches to, and the opt-in torch.compile
+of the backbone. (tests/test_fast.py proves each fast kernel equal to its reference.)
 
 AMP is tested on the CPU with ``torch.autocast("cpu", dtype=torch.bfloat16)``: the same autocast
 machinery as on a GPU, and bfloat16 is the coarser of the two low-precision types (8 significant bits).
@@ -13,15 +14,15 @@ import torchvision
 from torch import nn
 
 import mrcnn_lite as ml
-from mrcnn_lite import ops
-from mrcnn_lite.bench import HostSyncCounter
+from mrcnn_lite import fast, ops
 from mrcnn_lite.data.shapes import ShapesDataset
-from mrcnn_lite.model.backbone import FrozenBatchNorm2d, fold_frozen_bn, resnet_fpn_backbone
-from mrcnn_lite.model.mask_rcnn import compile_backbone
-from mrcnn_lite.model.rpn import BalancedPositiveNegativeSampler, Matcher
+from mrcnn_lite.fast import (CachedFrozenBatchNorm2d, HostSyncCounter, SyncFreeBalancedPositiveNegativeSampler,
+                             compile_backbone, fold_frozen_bn)
+from mrcnn_lite.model.backbone import resnet_fpn_backbone
+from mrcnn_lite.model.frozen_bn import FrozenBatchNorm2d
+from mrcnn_lite.model.kernels import kernels_for
+from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 from mrcnn_lite.model.transform import resize_boxes
-
-from test_backbone import randomise_norm_stats
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -83,10 +84,10 @@ def _features_and_boxes(dtype=torch.float32):
     return feats, boxes, [(1024, 1408)]
 
 
-@pytest.mark.parametrize("kernel", ["mrcnn_lite", "torchvision"])
+@pytest.mark.parametrize("kernel", ["reference", "fast", "torchvision"])
 def test_multiscale_roi_align_samples_in_float32_under_autocast(kernel):
     """The kernel sees float32 features and float32 boxes; the result comes back in the features' dtype."""
-    roi_align = ops.roi_align if kernel == "mrcnn_lite" else torchvision.ops.roi_align
+    roi_align = {"reference": ops.roi_align, "fast": fast.roi_align, "torchvision": torchvision.ops.roi_align}[kernel]
     seen = []
 
     def recording_roi_align(input, rois, **kwargs):
@@ -122,14 +123,15 @@ def test_box_coordinate_1000_3_survives_roi_align_under_autocast():
     assert abs(out.item() - ((rounded_box[0, 0] + rounded_box[0, 2]).item() / 8 - 250.0)) > 0.05
 
 
-def test_from_scratch_roi_align_under_autocast_equals_float32():
+@pytest.mark.parametrize("roi_align", [ops.roi_align, fast.roi_align], ids=["reference", "fast"])
+def test_from_scratch_roi_align_under_autocast_equals_float32(roi_align):
     feats, boxes, _ = _features_and_boxes()
     rois = torch.cat([torch.zeros(3, 1), boxes[0] / 4], 1)
     x = feats["0"][:, :, :, :]
     with torch.autocast(**BF16):
-        out = ops.roi_align(x, rois, 7, 1.0, -1)  # float32 input under autocast: stays float32, no bf16 matmul
+        out = roi_align(x, rois, 7, 1.0, -1)  # float32 input under autocast: stays float32, no bf16 matmul
     assert out.dtype == torch.float32
-    assert torch.equal(out, ops.roi_align(x, rois, 7, 1.0, -1))
+    assert torch.equal(out, roi_align(x, rois, 7, 1.0, -1))
 
 
 def test_box_coder_decodes_low_precision_deltas_in_float32():
@@ -143,7 +145,7 @@ def test_box_coder_decodes_low_precision_deltas_in_float32():
 
 # ================================================================================================ frozen BN
 def test_frozen_bn_state_dict_keys_unchanged_and_cache_follows_the_buffers():
-    bn = FrozenBatchNorm2d(4, eps=1e-5)
+    bn = CachedFrozenBatchNorm2d(4, eps=1e-5)
     assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(bn(x), x / (1 + 1e-5) ** 0.5)
@@ -165,7 +167,7 @@ def test_frozen_bn_state_dict_keys_unchanged_and_cache_follows_the_buffers():
 
 
 def test_frozen_bn_after_inference_mode_still_trains():
-    bn = FrozenBatchNorm2d(3)
+    bn = CachedFrozenBatchNorm2d(3)
     with torch.inference_mode():
         bn(torch.randn(1, 3, 2, 2))
     x = torch.randn(1, 3, 2, 2, requires_grad=True)
@@ -173,9 +175,10 @@ def test_frozen_bn_after_inference_mode_still_trains():
     assert x.grad is not None
 
 
-def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32():
+@pytest.mark.parametrize("cls", [FrozenBatchNorm2d, CachedFrozenBatchNorm2d], ids=["reference", "fast"])
+def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32(cls):
     """eps = 0 and a near-zero running_var: the scale (1 / sqrt(1e-12) = 1e6) does not fit float16 (max 65504)."""
-    bn = FrozenBatchNorm2d(2, eps=0.0)
+    bn = cls(2, eps=0.0)
     with torch.no_grad():
         bn.running_var.copy_(torch.tensor([1e-12, 1.0]))
     x = torch.full((1, 2, 2, 2), 2.0 ** -20).half()  # exactly representable (a float16 subnormal)
@@ -186,13 +189,14 @@ def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bn(x.bfloat16()).dtype == torch.bfloat16  # bfloat16 has float32's range: no overflow
-        assert bn(torch.ones(1, 2, 1, 1).half() * 0).dtype == torch.float32  # cached decision: no new warning
-    normal = FrozenBatchNorm2d(2, eps=0.0)
+        if cls is CachedFrozenBatchNorm2d:
+            assert bn(torch.ones(1, 2, 1, 1).half() * 0).dtype == torch.float32  # cached decision: no new warning
+    normal = cls(2, eps=0.0)
     assert normal(x).dtype == torch.float16  # ordinary statistics: the layer stays in float16
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_fold_frozen_bn_backbone(dtype, rtol):
+def test_fold_frozen_bn_backbone(dtype, rtol, randomise_norm_stats):
     """float64: folding is exact to rounding (measured 6e-15 relative on ResNet-50). float32: the conv sums
     differently rounded products; measured 1.4e-6 relative to the largest output, allowed 2e-5."""
     torch.manual_seed(0)
@@ -211,7 +215,7 @@ def test_fold_frozen_bn_backbone(dtype, rtol):
         assert ((a[k] - b[k]).abs().max() / a[k].abs().max()).item() < rtol, k
 
 
-def test_fold_frozen_bn_tiny_model_same_detections_and_channels_last(shapes_batch):
+def test_fold_frozen_bn_tiny_model_same_detections_and_channels_last(shapes_batch, randomise_norm_stats):
     images, _ = shapes_batch
     model = _tiny().double().eval()
     randomise_norm_stats(model, seed=2)
@@ -245,11 +249,16 @@ def test_matcher_and_box_coder_read_nothing_back():
 
 def test_sampler_reads_the_counts_of_all_images_once():
     labels = [torch.tensor([1.0, 0.0, -1.0, 0.0, 1.0, 0.0]), torch.zeros(4), torch.tensor([-1.0, 1.0])]
-    sampler = BalancedPositiveNegativeSampler(4, 0.5)
+    sampler = SyncFreeBalancedPositiveNegativeSampler(4, 0.5)
     with HostSyncCounter() as counter:
         torch.manual_seed(0)
         pos, neg = sampler.sample_indices(labels)
     assert dict(counter.counts) == {"tolist": 1}
+    with HostSyncCounter() as reference_counter:  # the reference: two torch.where per image
+        torch.manual_seed(0)
+        ref_pos, ref_neg = BalancedPositiveNegativeSampler(4, 0.5).sample_indices(labels)
+    assert dict(reference_counter.counts) == {"where(mask)": 6}
+    assert all(torch.equal(a, b) for a, b in zip(pos + neg, ref_pos + ref_neg))  # the same draw
     torch.manual_seed(0)
     pos_masks, neg_masks = sampler(labels)  # the masks are the same draw
     for p, n, pm, nm in zip(pos, neg, pos_masks, neg_masks):
@@ -277,55 +286,42 @@ def _count_model_reads(model, images, targets=None):
     return counter
 
 
-def test_host_reads_per_training_step_and_inference(shapes_batch):
-    """What is left (B = 2 images), each a sync on a GPU. Before this work a training step made 39 such reads
-    outside NMS and an inference 19 (among them 3 boolean-mask indexings per image in filter_proposals and
-    host-to-device copies of the normalisation constants, the image sizes and the box coder's weights).
+# The host reads of the fast floor, B = 2 images, NMS left out (its result size depends on the data: inherent).
+# Each is a sync on a GPU; every entry is "reads per call x calls".
+TRAINING_READS = {
+    "check_inputs: pixel, box, label and mask values of the whole batch": 1,
+    "transform.torch_choice: the random min_size, one per image (a CPU tensor: no sync on a GPU)": 2,
+    "RPN filter_proposals: one torch.where per image": 2,
+    "RPN sampler: the counts of all images": 1,
+    "RoI heads sampler: the counts of all images": 1,
+    "fastrcnn_loss: torch.where(labels > 0)": 1,
+    "mask branch: the positive RoIs, one torch.where per image": 2,
+    "MultiScaleRoIAlign: the RoIs per level, box and mask branch": 2,
+}
+INFERENCE_READS = {
+    "check_inputs: pixel values of the whole batch": 1,
+    "RPN filter_proposals: one torch.where per image": 2,
+    "postprocess_detections: one torch.where per image": 2,
+    "MultiScaleRoIAlign: the RoIs per level, box and mask branch": 2,
+    "mask pasting: the boxes of each image (the CPU loop; the GPU's grid_sample reads nothing)": 2,
+}
 
-    Training (13): check_inputs 1 (all targets at once); transform 2 (``torch_choice``: a CPU tensor, no sync
-    on a GPU); RPN: filter_proposals 1 per image, sampler 1, compute_loss 2 (torchvision's mask API, the
-    course's reference); RoI heads: sampler 1, fastrcnn_loss 1, mask positives 1 (all images at once),
-    MultiScaleRoIAlign 1 per call (box and mask branch).
-    Inference (8): filter_proposals 1 per image, postprocess_detections 1 per image, MultiScaleRoIAlign 2,
-    mask pasting 1 per image (the CPU loop; the GPU path has none).
-    """
+
+def test_host_reads_per_training_step_and_inference(shapes_batch):
     images, targets = shapes_batch
     model = _tiny().train()
-    # Count what a GPU would run: torchvision's roi_align kernel. (Training on a CPU calls the from-scratch
-    # op instead, see kernels.roi_align_fastest; its input checks read the host, which costs nothing there.)
+    # Count what a GPU would run: torchvision's roi_align kernel (on a CPU the fast floor pools with
+    # fast.roi_align, which reads nothing either).
     for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
         pool.roi_align = torchvision.ops.roi_align
     model(images, targets)  # the first call makes the cached constants (normalisation mean and std)
     counter = _count_model_reads(model, images, targets)
-    assert counter.total <= 13, dict(counter.counts)
+    assert counter.total == sum(TRAINING_READS.values()), dict(counter.counts)
     model.eval()
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(30)
         counter = _count_model_reads(model, images)
-    assert counter.total <= 8, dict(counter.counts)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs are only observable on CUDA")
-def test_no_sync_in_sync_free_stages_on_cuda():
-    dev = torch.device("cuda")
-    quality = torch.rand(2, 3, 500, device=dev)
-    boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0]], device=dev)
-    bn = FrozenBatchNorm2d(8).to(dev)
-    x = torch.randn(1, 8, 4, 4, device=dev)
-    bn(x)  # the first call computes (and checks) scale and shift
-    transform = _tiny().transform.to(dev)
-    transform.normalize(torch.rand(3, 8, 8, device=dev))
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        Matcher(0.7, 0.3, allow_low_quality_matches=True)(quality)
-        coder = ops.BoxCoder((10.0, 10.0, 5.0, 5.0))
-        coder.decode_single(coder.encode_single(boxes + 1, boxes), boxes)
-        resize_boxes(boxes, (100, 100), (200, 150))
-        bn(x)
-        transform.normalize(torch.rand(3, 8, 8, device=dev))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert counter.total == sum(INFERENCE_READS.values()), dict(counter.counts)
 
 
 # ================================================================================================ torch.compile
@@ -349,40 +345,54 @@ def test_compile_backbone_traces_as_one_graph_and_keeps_results(shapes_batch):
 
 
 # ------------------------------------------------------------------------------------------------
-# Which roi_align the model calls
+# Which kernel the fast floor calls, and that the model reports it
 # ------------------------------------------------------------------------------------------------
-def test_roi_align_dispatch_cpu_uses_the_from_scratch_op_with_the_same_numbers():
-    """On CPU with a fixed sampling ratio the model uses ops.roi_align (faster forward and backward);
-    adaptive sampling (the full-resolution mask targets) stays on torchvision's kernel."""
-    from mrcnn_lite.model.kernels import kernels
-
-    k = kernels(True)
+def test_fast_roi_align_dispatch_on_cpu_and_its_record():
+    """On a CPU with a fixed sampling ratio the fast floor calls fast.roi_align; adaptive sampling (the
+    full-resolution mask targets) goes to torchvision's kernel. Each call is recorded as it happens."""
+    k = kernels_for("fast")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 20, 24, generator=g)
     xy = torch.rand(30, 2, generator=g) * 70
     boxes = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), xy,
                        xy + 2 + torch.rand(30, 2, generator=g) * 30], dim=1)
-    args = ((7, 7), 0.25, 2, False)
+    assert k.log.calls == {}
+    assert torch.equal(k.roi_align(x, boxes, (7, 7), 0.25, 2, False), fast.roi_align(x, boxes, (7, 7), 0.25, 2))
+    assert k.log.calls == {"roi_align": {"mrcnn_lite.fast.roi_align"}}
+    adaptive = ((7, 7), 0.25, -1, False)
+    assert torch.equal(k.roi_align(x, boxes, *adaptive), torchvision.ops.roi_align(x, boxes, *adaptive))
+    assert k.log.calls == {"roi_align": {"mrcnn_lite.fast.roi_align", "torchvision.ops.roi_align"}}
+    ref = kernels_for("reference")
+    torch.testing.assert_close(ref.roi_align(x, boxes, *adaptive), k.roi_align(x, boxes, *adaptive),
+                               rtol=1e-5, atol=1e-6)
+    assert ref.log.calls == {"roi_align": {"mrcnn_lite.ops.roi_align"}}
 
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y = k.roi_align(x1, boxes, *args)
-    y_ref = ops.roi_align(x2, boxes, *args)
-    assert torch.equal(y, y_ref)  # the very same op
-    w = torch.randn(y.shape, generator=g)
-    (y * w).sum().backward()
-    (y_ref * w).sum().backward()
-    assert torch.equal(x1.grad, x2.grad)
-    # and it agrees with torchvision's kernel, forward and backward
-    x3 = x.clone().requires_grad_(True)
-    y_tv = torchvision.ops.roi_align(x3, boxes, *args)
-    (y_tv * w).sum().backward()
-    torch.testing.assert_close(y, y_tv, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(x1.grad, x3.grad, rtol=1e-5, atol=1e-5)
 
-    with torch.no_grad():  # inference too
-        assert torch.equal(k.roi_align(x, boxes, *args), ops.roi_align(x, boxes, *args))
-        adaptive = ((7, 7), 0.25, -1, False)  # torchvision's kernel itself
-        assert torch.equal(k.roi_align(x, boxes, *adaptive), torchvision.ops.roi_align(x, boxes, *adaptive))
-        torch.testing.assert_close(k.roi_align(x, boxes, *adaptive), ops.roi_align(x, boxes, *adaptive),
-                                   rtol=1e-5, atol=1e-6)
-    assert kernels(False).roi_align is ops.roi_align
+@pytest.mark.parametrize("floor", ["reference", "fast"])
+def test_model_reports_the_kernels_it_called(shapes_batch, floor):
+    images, targets = shapes_batch
+    model = _tiny(kernels=floor)
+    assert set(model.kernels_used()) == {"frozen_bn", "sampler"}  # nothing called yet: only the held classes
+    model.train()
+    model(images, targets)
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    used = model.kernels_used()
+    if floor == "reference":
+        assert used == {
+            "batched_nms": "mrcnn_lite.ops.batched_nms",
+            "paste_masks_in_image": "mrcnn_lite.model.transform.paste_masks_in_image",
+            "roi_align": "mrcnn_lite.ops.roi_align",
+            "frozen_bn": "mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d",
+            "sampler": "mrcnn_lite.model.matching.BalancedPositiveNegativeSampler",
+        }
+    else:
+        assert used == {
+            "batched_nms": "torchvision.ops.batched_nms",
+            "paste_masks_in_image": "mrcnn_lite.model.transform.paste_masks_in_image",  # the CPU loop
+            "roi_align": "mrcnn_lite.fast.roi_align, torchvision.ops.roi_align",  # pooling; mask targets
+            "frozen_bn": "mrcnn_lite.fast.frozen_bn.CachedFrozenBatchNorm2d",
+            "sampler": "mrcnn_lite.fast.sampler.SyncFreeBalancedPositiveNegativeSampler",
+        }
+    assert fold_frozen_bn(model).kernels_used()["frozen_bn"] == "none (folded, or another norm layer)"

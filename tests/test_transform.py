@@ -73,11 +73,3 @@ def test_resize_boxes_float32_ratio_like_torchvision():
 
     b = torch.tensor([[1.0, 2.0, 33.3, 44.4]], dtype=torch.float64)
     assert torch.equal(resize_boxes(b, (97, 131), (160, 216)), tv_resize_boxes(b, [97, 131], [160, 216]))
-
-
-def test_bad_images():
-    tr = GeneralizedRCNNTransform(64, 100, MEAN, STD)
-    with pytest.raises(TypeError, match="floating"):
-        tr([torch.zeros(3, 10, 10, dtype=torch.uint8)])
-    with pytest.raises(ValueError, match="image 0"):
-        tr([torch.zeros(10, 10)])

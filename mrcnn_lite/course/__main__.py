@@ -3,6 +3,7 @@
     python -m mrcnn_lite.course make-assignments --out student/            # all notebooks/NN_*.ipynb
     python -m mrcnn_lite.course make-assignments --out student/ notebooks/01_boxes_iou_nms.ipynb
     python -m mrcnn_lite.course grade student/01_boxes_iou_nms.ipynb --json grade.json
+    python -m mrcnn_lite.course add-nbgrader-metadata notebooks/01_boxes_iou_nms.ipynb
 """
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def cmd_grade(args) -> int:
     return 0
 
 
+def cmd_add_nbgrader_metadata(args) -> int:
+    import nbformat
+
+    from .assignments import add_nbgrader_metadata, split_check_cells
+
+    for path in args.notebooks:
+        nb = nbformat.read(str(path), as_version=4)
+        add_nbgrader_metadata(split_check_cells(nb))
+        nbformat.write(nb, str(path))
+        print(f"marked {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mrcnn_lite.course",
@@ -65,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the scores to this JSON file")
     p.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("add-nbgrader-metadata", help="mark exercise and check cells for nbgrader (in place)",
+                       description="Give every solution cell nbgrader's 'autograded answer' metadata and every "
+                                   "check cell the 'autograder test' metadata with its points; a check cell's "
+                                   "lines after the check call move to a cell of their own, so that the call's "
+                                   "value (the points) is the cell's result, which nbgrader reads as the score.")
+    p.add_argument("notebooks", nargs="+", type=Path, help="solution notebook(s) to mark")
+    p.set_defaults(func=cmd_add_nbgrader_metadata)
     return parser
 
 

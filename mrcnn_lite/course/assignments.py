@@ -25,7 +25,7 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
 # Cell metadata worth keeping in a student copy (everything else is dropped).
-KEEP_CELL_METADATA = ("tags", "editable", "deletable")
+KEEP_CELL_METADATA = ("tags", "editable", "deletable", "nbgrader")
 
 
 class SolutionMarkerError(ValueError):
@@ -112,3 +112,64 @@ def make_assignments(notebooks: Iterable[Path], out_dir: Path) -> List[Path]:
 def default_notebooks(root: Path = Path("notebooks")) -> List[Path]:
     """All ``NN_*.ipynb`` notebooks of the course, in order."""
     return sorted(p for p in Path(root).glob("*.ipynb") if re.match(r"\d\d_", p.name))
+
+
+# ----------------------------------------------------------------------------------------------
+# nbgrader: the same notebooks, graded by a teacher's nbgrader course
+# ----------------------------------------------------------------------------------------------
+_CHECK_CALL = re.compile(r"\bchecks\.check_(\w+)\s*\(")
+_DEFINED = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
+
+
+def split_check_cells(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode":
+    """Move what follows the check call of a check cell (e.g. the ``or_reference`` fallback) into a cell of
+    its own, so that the check call is the cell's last statement: its value, the points, is the cell's
+    result, which is what nbgrader reads as the score. Changes ``nb`` in place and returns it."""
+    cells = []
+    for cell in nb.cells:
+        cells.append(cell)
+        if cell.cell_type != "code" or not _CHECK_CALL.search(cell.source):
+            continue
+        lines = cell.source.splitlines()
+        last = max(i for i, l in enumerate(lines) if _CHECK_CALL.search(l.split("#", 1)[0]))
+        while last + 1 < len(lines) and (lines[last].rstrip().endswith((",", "("))
+                                         or lines[last + 1].startswith((" ", ")"))):
+            last += 1                                         # a call continued on the next lines
+        rest = "\n".join(lines[last + 1:]).strip("\n")
+        if rest.strip():
+            cell.source = "\n".join(lines[: last + 1])
+            cells.append(nbformat.v4.new_code_cell(rest))
+    nb.cells = cells
+    return nb
+
+
+def add_nbgrader_metadata(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode":
+    """Mark the cells the way nbgrader's "Create Assignment" toolbar does (schema 3), in place:
+
+    * a code cell with a solution block is an *autograded answer* (``solution``), id ``<name>_answer``
+      after the function or class it defines;
+    * a cell with a ``checks.check_<name>(..., points=P)`` call is an *autograder test* (``grade``, locked,
+      ``P`` points, id the exercise's name, as the course's grader reports it);
+    * every other cell carries no nbgrader metadata.
+    """
+    from .grade import declared_exercises
+
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+        if cell.cell_type != "code":
+            continue
+        if BEGIN in cell.source:
+            before = cell.source[: cell.source.index(BEGIN)]
+            names = _DEFINED.findall(before)
+            if not names:
+                raise SolutionMarkerError(f"a solution block outside a function or class: {cell.source[:60]!r}")
+            cell.metadata["nbgrader"] = {"grade": False, "grade_id": f"{names[-1]}_answer", "locked": False,
+                                         "schema_version": 3, "solution": True, "task": False}
+        elif _CHECK_CALL.search(cell.source):
+            found = declared_exercises(nbformat.v4.new_notebook(cells=[cell]))
+            if len(found) != 1:
+                raise ValueError(f"a check cell must call exactly one checker, found {len(found)}: {cell.source[:80]!r}")
+            cell.metadata["nbgrader"] = {"grade": True, "grade_id": found[0]["name"], "locked": True,
+                                         "points": found[0]["max_points"], "schema_version": 3, "solution": False,
+                                         "task": False}
+    return nb

@@ -1,7 +1,8 @@
 """The autograder: run a notebook top to bottom and score its check cells.
 
 The exercises a notebook offers are read from its source: every call ``check_<name>(..., points=P)``
-in a code cell is one exercise worth ``P`` points (``name="..."`` overrides the name). The notebook is
+in a code cell is one exercise worth ``P`` points (``name="..."`` overrides the name); a check graded
+in parts (a debugging lab) can earn some of them. The notebook is
 then executed with nbclient -- a time limit per cell, errors do not stop the run -- and one extra
 cell at the end prints the :data:`mrcnn_lite.course.checks.RESULTS` of the kernel as JSON. An
 exercise whose check never ran (an error before it, a timeout) scores 0 with a message saying so.
@@ -104,8 +105,11 @@ def grade_notebook(path: Path, timeout: int = 300, kernel_name: str = "python3")
             exercises.append({"name": ex["name"], "points": 0.0, "max_points": ex["max_points"], "passed": False,
                               "status": "MISSING", "message": "the check cell did not run (an error or timeout before it?)"})
         else:
-            points = ex["max_points"] if r["passed"] else 0.0
-            status = "PASS" if r["passed"] else ("FAIL" if r.get("implemented", True) else "TODO")
+            # A lab graded in parts earns the points of the parts that passed (nbgrader reads the same
+            # number: it is the value of the check cell).
+            points = ex["max_points"] if r["passed"] else min(float(r["points"]), ex["max_points"])
+            status = "PASS" if r["passed"] else ("TODO" if not r.get("implemented", True) else
+                                                 "PART" if points > 0 else "FAIL")
             exercises.append({"name": ex["name"], "points": points, "max_points": ex["max_points"],
                               "passed": bool(r["passed"]), "status": status, "message": r["message"]})
     return {

@@ -10,12 +10,14 @@ Every dataset here returns ``(image, target)``:
     export_coco(ds, "runs/shapes", "train")          # runs/shapes/train/{images/, annotations.json}
     same = CocoInstances("runs/shapes/train/images", "runs/shapes/train/annotations.json")
 """
-from .coco import CocoInstances, export_coco, mask_to_polygons, mask_to_rle
+from .coco import CocoInstances, check_segmentation, export_coco, mask_to_polygons, mask_to_rle
+from .images import ImageReadError, read_rgb
 from .penn_fudan import PennFudan
 from .shapes import CLASSES, ShapesDataset, image_to_tensor, masks_to_boxes
 from .transforms import Compose, RandomHorizontalFlip, collate_fn, hflip
 
 __all__ = [
     "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "export_coco", "mask_to_rle",
-    "mask_to_polygons", "masks_to_boxes", "image_to_tensor", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
+    "mask_to_polygons", "masks_to_boxes", "check_segmentation", "read_rgb", "ImageReadError",
+    "image_to_tensor", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
 ]

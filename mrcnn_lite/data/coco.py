@@ -16,15 +16,17 @@ Layout written by :func:`export_coco` (and read by :class:`CocoInstances`)::
 from __future__ import annotations
 
 import json
+import math
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .shapes import image_to_tensor
+from .images import read_rgb
+from .shapes import image_to_tensor, masks_to_boxes
 
 # --------------------------------------------------------------------------------------------
 # masks <-> COCO segmentations
@@ -102,46 +104,116 @@ def mask_to_polygons(mask) -> list:
     return polygons
 
 
-def _segmentation_to_mask(seg, height: int, width: int, ann_id) -> np.ndarray:
-    """Decode one COCO segmentation (polygons, uncompressed or compressed RLE) to (H, W) uint8.
+def _rle_string_counts(counts: str, where: str) -> list:
+    """Decode pycocotools' compact RLE string to its list of run lengths (``rleFrString`` in Python).
 
-    Raises ValueError naming the annotation id when the segmentation is malformed.
+    Each run is a variable-length number of 6-bit characters ('0' + value); from the third run on
+    it is stored as the difference to the run two before. Checking the decoded runs here, before
+    pycocotools sees the string, is what keeps a bad string from reading memory it never filled.
     """
-    where = f"annotation id {ann_id}"
+    if not counts.isascii():
+        raise ValueError(f"{where}: compressed RLE counts must be ASCII")
+    s = counts.encode("ascii")
+    runs, p, n = [], 0, len(s)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError(f"{where}: compressed RLE counts end in the middle of a number")
+            c = s[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"{where}: character {chr(s[p])!r} cannot appear in compressed "
+                                 f"RLE counts (they use '0'..'o')")
+            x |= (c & 0x1F) << (5 * k)
+            more = c & 0x20
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)  # the sign bit of the last group: a negative difference
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _check_runs(runs, height: int, width: int, where: str, kind: str) -> None:
+    if any(r < 0 for r in runs):
+        raise ValueError(f"{where}: {kind} RLE has a negative run length")
+    if sum(runs) != height * width:
+        raise ValueError(f"{where}: {kind} RLE counts sum to {sum(runs)}, expected "
+                         f"height*width = {height}*{width} = {height * width}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_segmentation(seg, height: int, width: int, where: str) -> None:
+    """Validate one COCO segmentation for an image of ``height`` x ``width`` *before* decoding it.
+
+    pycocotools trusts its input: a polygon vertex at 1e9 (or NaN, or Infinity, which Python's json
+    accepts) makes it allocate without bound, and compressed RLE counts that sum to less than
+    H*W leave part of the mask uninitialised. So: polygons are flat lists of an even number >= 6 of
+    finite coordinates, each within one image size of the image (a little outside is common in
+    real annotations and harmless); RLE has ``size == [height, width]`` and non-negative runs that
+    sum to exactly ``height * width``, compressed (ASCII string) or not (list of ints).
+    Raises ValueError starting with ``where`` (e.g. "annotation id 7 (image id 3)").
+    """
     if isinstance(seg, list):
         if len(seg) == 0:
             raise ValueError(f"{where}: empty polygon list")
+        margin = max(height, width)
         for poly in seg:
-            if not isinstance(poly, (list, tuple)) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            if not isinstance(poly, (list, tuple)) or not all(_is_number(v) for v in poly):
                 raise ValueError(f"{where}: a polygon must be a flat list of numbers "
                                  f"[x1, y1, x2, y2, ...], got {str(poly)[:60]}")
             if len(poly) < 6 or len(poly) % 2:
                 raise ValueError(f"{where}: a polygon needs an even number >= 6 of coordinates "
                                  f"(3 points), got {len(poly)}")
-        rles = mask_utils.frPyObjects([list(map(float, p)) for p in seg], height, width)
-        rle = mask_utils.merge(rles)
+            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+            if not np.isfinite(xy).all():
+                raise ValueError(f"{where}: a polygon has a non-finite coordinate (NaN or Infinity)")
+            lo, hi = xy.min(axis=0), xy.max(axis=0)
+            if lo[0] < -margin or lo[1] < -margin or hi[0] > width + margin or hi[1] > height + margin:
+                raise ValueError(f"{where}: a polygon reaches ({lo[0]:g}, {lo[1]:g})-({hi[0]:g}, "
+                                 f"{hi[1]:g}), far outside the {width}x{height} (WxH) image")
     elif isinstance(seg, dict):
         if "size" not in seg or "counts" not in seg:
             raise ValueError(f"{where}: an RLE segmentation needs 'size' and 'counts'")
-        if list(seg["size"]) != [height, width]:
-            raise ValueError(f"{where}: RLE size {list(seg['size'])} does not match the image "
+        size = seg["size"]
+        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+            raise ValueError(f"{where}: RLE size {size} does not match the image "
                              f"size [height, width] = [{height}, {width}]")
         counts = seg["counts"]
         if isinstance(counts, list):  # uncompressed RLE (crowds): runs of 0s and 1s, column-major
-            if sum(counts) != height * width:
-                raise ValueError(f"{where}: uncompressed RLE counts sum to {sum(counts)}, "
-                                 f"expected height*width = {height * width}")
-            rle = mask_utils.frPyObjects(seg, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = {"size": [height, width],
-                   "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+                raise ValueError(f"{where}: uncompressed RLE counts must be integers")
+            _check_runs(counts, height, width, where, "uncompressed")
+        elif isinstance(counts, str):
+            _check_runs(_rle_string_counts(counts, where), height, width, where, "compressed")
         else:
             raise ValueError(f"{where}: RLE counts must be a list or a string, "
                              f"got {type(counts).__name__}")
     else:
         raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, "
                          f"got {type(seg).__name__}")
+
+
+def _segmentation_to_mask(seg, height: int, width: int, ann_id, where: str = None) -> np.ndarray:
+    """Decode one COCO segmentation (polygons, uncompressed or compressed RLE) to (H, W) uint8.
+
+    The segmentation is validated first (:func:`check_segmentation`); raises ValueError naming the
+    annotation id (or ``where``) when it is malformed.
+    """
+    where = where or f"annotation id {ann_id}"
+    check_segmentation(seg, height, width, where)
+    if isinstance(seg, list):
+        rles = mask_utils.frPyObjects([list(map(float, p)) for p in seg], height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": [height, width], "counts": seg["counts"].encode("ascii")}
     try:
         with warnings.catch_warnings():  # pycocotools + numpy 2 warn about __array__(copy=...)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -236,22 +308,46 @@ class CocoInstances(torch.utils.data.Dataset):
         images_dir: folder that the ``file_name`` of each image entry is relative to.
         annotation_json: the COCO annotations file (e.g. ``instances_val2017.json``).
         transforms: optional callable ``(image, target) -> (image, target)``.
-        skip_crowd: leave out ``iscrowd=1`` annotations (crowd regions are usually ignored in training).
+        skip_crowd: leave out ``iscrowd=1`` annotations (default True, as torchvision's reference
+            scripts do: a crowd region is one mask over many objects, not an object to learn).
+            Evaluation does not need them in the targets: ``engine.evaluate`` scores against the
+            file's own annotations, where pycocotools treats crowds as "ignore".
         drop_degenerate: drop annotations whose bbox has width or height <= 0 (counted in
             ``self.num_dropped``) instead of raising ValueError.
 
     ``ds[i]`` returns ``(image, target)`` with
-        image: (3, H, W) float32 RGB in [0, 1];
-        boxes: (n, 4) float32 x1y1x2y2 (the COCO bbox [x, y, w, h] -> [x, y, x + w, y + h]);
-        labels: (n,) int64 = category_id (no remapping: COCO ids have gaps, 1..90);
+        image: (3, H, W) float32 RGB in [0, 1] (EXIF orientation applied, 16-bit images scaled);
+        boxes: (n, 4) float32 x1y1x2y2 (the COCO bbox [x, y, w, h] -> [x, y, x + w, y + h]),
+            clipped to the image;
+        labels: (n,) int64, the model's label of each ``category_id`` (see below);
         masks: (n, H, W) uint8 decoded with pycocotools; image_id: int (the COCO image id);
         area: (n,) float32 (the annotation's area); iscrowd: (n,) int64.
     Images without annotations are valid: boxes (0, 4), masks (0, H, W).
 
-    Bad input raises FileNotFoundError / ValueError naming the file, image id or annotation id.
+    Labels: a model has one output per label up to the largest, so category ids up to
+    ``MAX_DIRECT_CATEGORY_ID`` (1000) are the labels themselves (COCO's 1..90 with gaps keep the
+    meaning torchvision's COCO weights give them). Larger ids (e.g. 10**7) are mapped to 1..K in
+    increasing order. ``self.label_to_category[label]`` gives the category id back (index 0 is
+    background) and ``self.category_to_label`` the other way; the ``train`` command saves the
+    mapping in the checkpoint, and ``predict`` and ``evaluate`` report category ids with it.
+
+    Everything in the file is checked when the dataset is built, so a bad record stops you before
+    any training: image and annotation ids (present, non-negative integers, unique; annotation id
+    0 is refused because pycocotools' matcher reads 0 as "unmatched"), ``file_name`` (a relative
+    path inside ``images_dir``, no ``..``), ``category_id`` (declared in ``categories``, not 0 =
+    background), ``bbox`` (four finite numbers), the segmentation (polygons: finite, an even count
+    >= 6, near the image; RLE: runs that sum to H*W, see :func:`check_segmentation`). Each error is
+    a ValueError naming the record (annotation id, image id). Image files are read when used:
+    a missing one raises FileNotFoundError, an unreadable one ``ImageReadError`` (a ValueError),
+    both naming the file and image id; :meth:`check_files` checks that every file exists up front.
+
+    Boxes that do not fit the data: a bbox entirely outside its image is refused (ValueError at
+    load time); one sticking out of the image by more than a pixel is clipped to the image with a
+    warning. When an annotation's mask is not empty but its tight box overlaps the bbox with an IoU
+    below 0.5, a warning names the annotation when the image is read; the bbox is used as given.
     """
 
-    def __init__(self, images_dir, annotation_json, transforms=None, skip_crowd: bool = False,
+    def __init__(self, images_dir, annotation_json, transforms=None, skip_crowd: bool = True,
                  drop_degenerate: bool = False):
         self.images_dir = Path(images_dir)
         self.annotation_json = Path(annotation_json)
@@ -268,53 +364,136 @@ class CocoInstances(torch.utils.data.Dataset):
         except json.JSONDecodeError as err:
             raise ValueError(f"annotation file is not valid JSON: {self.annotation_json} "
                              f"({err})") from err
-        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise ValueError(f"not a COCO instances file (needs 'images' and 'annotations'): "
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+                or not isinstance(data.get("annotations"), list):
+            raise ValueError(f"not a COCO instances file (needs 'images' and 'annotations' lists): "
                              f"{self.annotation_json}")
         self.dataset = data  # the raw dict, as pycocotools calls it
+        src = self.annotation_json.name
 
+        self.categories = {}
+        for c in data.get("categories") or []:
+            cid = c.get("id") if isinstance(c, dict) else None
+            if not _is_int(cid) or cid < 0:
+                raise ValueError(f"{src}: category {str(c)[:80]} needs an integer 'id'")
+            if cid == 0:
+                raise ValueError(f"{src}: category id 0 ({c.get('name')!r}) is declared, but label 0 "
+                                 f"is the background; number categories from 1")
+            if cid in self.categories:
+                raise ValueError(f"{src}: category id {cid} is declared twice")
+            self.categories[cid] = str(c.get("name", cid))
+
+        self.image_by_id = {}
+        for k, im in enumerate(data["images"]):
+            if not isinstance(im, dict):
+                raise ValueError(f"{src}: images[{k}] is not an object: {str(im)[:60]}")
+            iid = im.get("id")
+            if not _is_int(iid) or iid < 0:
+                raise ValueError(f"{src}: images[{k}] (file_name {im.get('file_name')!r}) needs a "
+                                 f"non-negative integer 'id', got {iid!r}")
+            if iid in self.image_by_id:
+                raise ValueError(f"{src}: image id {iid} appears twice ({self.image_by_id[iid].get('file_name')!r} "
+                                 f"and {im.get('file_name')!r}); ids must be unique")
+            _check_file_name(im.get("file_name"), f"{src}: image id {iid}")
+            for key in ("height", "width"):
+                if key in im and (not _is_int(im[key]) or im[key] <= 0):
+                    raise ValueError(f"{src}: image id {iid}: {key} must be a positive integer, "
+                                     f"got {im[key]!r}")
+            self.image_by_id[iid] = im
         self.images = sorted(data["images"], key=lambda im: im["id"])
-        self.image_by_id = {im["id"]: im for im in self.images}
-        self.categories = {c["id"]: c["name"] for c in data.get("categories", [])}
+
         self.anns_by_image = {im["id"]: [] for im in self.images}
         self.num_dropped = 0
-        for ann in data["annotations"]:
+        seen, used, clipped = set(), set(), []
+        for k, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict):
+                raise ValueError(f"{src}: annotations[{k}] is not an object: {str(ann)[:60]}")
             ann_id = ann.get("id")
-            if ann.get("image_id") not in self.anns_by_image:
+            if not _is_int(ann_id) or ann_id < 1:
+                raise ValueError(f"{src}: annotations[{k}] needs an integer 'id' >= 1, got {ann_id!r} "
+                                 f"(pycocotools' evaluation reads id 0 as 'no match')")
+            if ann_id in seen:
+                raise ValueError(f"{src}: annotation id {ann_id} appears twice; ids must be unique")
+            seen.add(ann_id)
+            image_id = ann.get("image_id")
+            if not _is_int(image_id) or image_id not in self.image_by_id:
                 raise ValueError(f"annotation id {ann_id} points to image_id "
-                                 f"{ann.get('image_id')}, which has no entry in 'images' "
+                                 f"{image_id!r}, which has no entry in 'images' "
                                  f"of {self.annotation_json}")
+            where = f"annotation id {ann_id} (image id {image_id})"
+            cat = ann.get("category_id")
+            if not _is_int(cat):
+                raise ValueError(f"{where}: category_id must be an integer, got {cat!r}")
+            if cat <= 0:
+                raise ValueError(f"{where}: category_id {cat} is not allowed (0 is the background)")
+            if self.categories and cat not in self.categories:
+                raise ValueError(f"{where}: category_id {cat} is not declared in 'categories' "
+                                 f"(declared: {sorted(self.categories)[:20]})")
             bbox = ann.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"annotation id {ann_id}: bbox must be [x, y, w, h], got {bbox}")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+                raise ValueError(f"{where}: bbox must be [x, y, w, h] (4 numbers), got {bbox}")
+            if not all(math.isfinite(v) for v in bbox):
+                raise ValueError(f"{where}: bbox {bbox} has a non-finite number")
             if not (bbox[2] > 0 and bbox[3] > 0):
                 if drop_degenerate:
                     self.num_dropped += 1
                     continue
                 raise ValueError(f"annotation id {ann_id}: bbox {bbox} has non-positive "
                                  f"width or height")
+            if ann.get("iscrowd", 0) not in (0, 1):
+                raise ValueError(f"{where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+            if "segmentation" not in ann:
+                raise ValueError(f"annotation id {ann_id} has no segmentation")
+            info = self.image_by_id[image_id]
+            if "height" in info and "width" in info:
+                H, W = info["height"], info["width"]
+                check_segmentation(ann["segmentation"], H, W, where)
+                x, y, w, h = bbox
+                if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+                    raise ValueError(f"{where}: bbox {bbox} lies entirely outside the {W}x{H} (WxH) image")
+                if x < -1 or y < -1 or x + w > W + 1 or y + h > H + 1:
+                    clipped.append(ann_id)
             if skip_crowd and ann.get("iscrowd", 0):
                 continue
-            self.anns_by_image[ann["image_id"]].append(ann)
+            used.add(cat)
+            self.anns_by_image[image_id].append(ann)
+        if clipped:
+            warnings.warn(f"{self.annotation_json}: {len(clipped)} bboxes stick out of their image by "
+                          f"more than a pixel and are clipped to it (annotation ids "
+                          f"{clipped[:10]}{' ...' if len(clipped) > 10 else ''})", stacklevel=2)
+
+        ids = sorted(self.categories) if self.categories else sorted(used)
+        if ids and ids[-1] > MAX_DIRECT_CATEGORY_ID:
+            self.label_to_category = [0] + ids           # label k -> the k-th smallest category id
+        else:
+            self.label_to_category = list(range(ids[-1] + 1 if ids else 1))  # label = category id
+        self.category_to_label = {c: label for label, c in enumerate(self.label_to_category) if label}
 
     @property
     def class_names(self) -> list:
-        """Names indexed by label (= category id); gaps in the ids are empty strings."""
-        names = [""] * (max(self.categories, default=0) + 1)
+        """Names indexed by label; labels whose category id is not declared are empty strings."""
+        names = [self.categories.get(c, "") for c in self.label_to_category]
         names[0] = "__background__"
-        for cid, name in self.categories.items():
-            names[cid] = name
         return names
 
     @property
     def coco(self):
-        """A pycocotools ``COCO`` object over the same annotations (built once, on first use)."""
+        """A pycocotools ``COCO`` object over the same annotations (built once, on first use).
+
+        This is the ground truth ``engine.evaluate`` scores against: every annotation of the file,
+        crowds included, with the segmentation as stored (RLE or polygons, never decoded masks).
+        Annotations dropped as degenerate are left out; a missing ``area`` is the bbox's area and a
+        missing ``iscrowd`` is 0 (pycocotools needs both).
+        """
         if getattr(self, "_coco", None) is None:
             from pycocotools.coco import COCO
             import contextlib
             import io
+            anns = [a if "area" in a and "iscrowd" in a else
+                    {"area": float(a["bbox"][2] * a["bbox"][3]), "iscrowd": 0, **a}
+                    for a in self.dataset["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
             coco = COCO()
-            coco.dataset = self.dataset
+            coco.dataset = {**self.dataset, "annotations": anns}
             with contextlib.redirect_stdout(io.StringIO()):  # it prints "creating index..."
                 coco.createIndex()
             self._coco = coco
@@ -323,18 +502,26 @@ class CocoInstances(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_files(self) -> None:
+        """Raise FileNotFoundError listing the image files that do not exist (checks every entry)."""
+        missing = [(im["id"], self.images_dir / im["file_name"]) for im in self.images
+                   if not (self.images_dir / im["file_name"]).is_file()]
+        if missing:
+            first = ", ".join(f"image id {i}: {p}" for i, p in missing[:3])
+            raise FileNotFoundError(f"{len(missing)} of {len(self.images)} image files listed in "
+                                    f"{self.annotation_json} are missing ({first}"
+                                    f"{', ...' if len(missing) > 3 else ''})")
+
     def load_image(self, index: int) -> np.ndarray:
         """Image ``index`` as an (H, W, 3) uint8 RGB array, checked against its entry's size."""
         info = self.images[index]
         path = self.images_dir / info["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image file for image id {info['id']} not found: {path}")
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"))  # a writable copy
+        arr = read_rgb(path, image_id=info["id"])
         h, w = arr.shape[:2]
         if (info.get("height", h), info.get("width", w)) != (h, w):
             raise ValueError(f"image id {info['id']} ({path}) is {h}x{w} (HxW) but its entry "
-                             f"says {info.get('height')}x{info.get('width')}")
+                             f"says {info.get('height')}x{info.get('width')}"
+                             + (" (after applying its EXIF orientation)" if _exif_rotated(path) else ""))
         return arr
 
     def __getitem__(self, index: int):
@@ -348,12 +535,15 @@ class CocoInstances(torch.utils.data.Dataset):
         for j, ann in enumerate(anns):
             x, y, w, h = ann["bbox"]
             boxes[j] = (x, y, x + w, y + h)
-            if "segmentation" not in ann:
-                raise ValueError(f"annotation id {ann.get('id')} has no segmentation")
-            masks[j] = _segmentation_to_mask(ann["segmentation"], H, W, ann.get("id"))
+            where = f"annotation id {ann['id']} (image id {info['id']})"
+            masks[j] = _segmentation_to_mask(ann["segmentation"], H, W, ann["id"], where)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, W)  # clipped like torchvision's references do
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
+        _warn_if_box_disagrees_with_mask(boxes, masks, anns, info["id"])
         target = {
             "boxes": torch.from_numpy(boxes),
-            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "labels": torch.tensor([self.category_to_label[a["category_id"]] for a in anns],
+                                   dtype=torch.int64),
             "masks": torch.from_numpy(masks),
             "image_id": int(info["id"]),
             "area": torch.tensor([float(a.get("area", 0.0)) for a in anns], dtype=torch.float32),
@@ -368,3 +558,51 @@ class CocoInstances(torch.utils.data.Dataset):
         return (f"CocoInstances({str(self.images_dir)!r}, {str(self.annotation_json)!r}: "
                 f"{len(self)} images, {len(self.dataset['annotations'])} annotations, "
                 f"{len(self.categories)} categories)")
+
+
+MAX_DIRECT_CATEGORY_ID = 1000
+"""Category ids up to this are used as labels directly; a dataset with larger ids is relabelled 1..K."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_file_name(name, where: str) -> None:
+    """A file_name must be a relative path that stays inside the images folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: needs a 'file_name' (a path relative to the images folder), got {name!r}")
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or PureWindowsPath(name).drive or ".." in p.parts:
+        raise ValueError(f"{where}: file_name {name!r} must be a path inside the images folder "
+                         f"(no absolute path, no '..')")
+
+
+def _exif_rotated(path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap H and W
+    except Exception:
+        return False
+
+
+def _warn_if_box_disagrees_with_mask(boxes: np.ndarray, masks: np.ndarray, anns, image_id) -> None:
+    """Warn (once per annotation) when a non-empty mask's tight box overlaps the bbox with IoU < 0.5.
+
+    boxes: (n, 4) x1y1x2y2 clipped to the image; masks: (n, H, W) uint8.
+    """
+    tight = masks_to_boxes(masks)
+    for j, ann in enumerate(anns):
+        if not masks[j].any():
+            continue  # an empty mask (a box-only annotation) has no box of its own to compare
+        a, b = boxes[j], tight[j]
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou < 0.5:
+            warnings.warn(f"annotation id {ann['id']} (image id {image_id}): bbox "
+                          f"{[round(float(v), 1) for v in a]} and its mask's box "
+                          f"{[float(v) for v in b]} (x1y1x2y2) overlap with IoU {iou:.2f} < 0.5; "
+                          f"the bbox is used as given", stacklevel=3)

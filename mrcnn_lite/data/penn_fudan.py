@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import ImageReadError, read_rgb
 from .shapes import image_to_tensor, masks_to_boxes
 
 
@@ -40,10 +41,17 @@ class PennFudan(torch.utils.data.Dataset):
         if not self.masks[index].is_file():
             raise FileNotFoundError(f"mask for {self.images[index].name} not found: "
                                     f"{self.masks[index]}")
-        with Image.open(self.images[index]) as im:
-            image_u8 = np.array(im.convert("RGB"))
-        with Image.open(self.masks[index]) as im:
-            ids_map = np.array(im)  # (H, W) instance ids, 0 = background
+        image_u8 = read_rgb(self.images[index], image_id=index)
+        try:
+            with Image.open(self.masks[index]) as im:
+                ids_map = np.array(im)  # (H, W) instance ids, 0 = background
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ImageReadError(f"cannot read the mask of image {index} ({self.masks[index]}): "
+                                 f"{err}") from err
+        if ids_map.shape != image_u8.shape[:2]:
+            raise ValueError(f"mask {self.masks[index]} is {ids_map.shape[0]}x{ids_map.shape[1]} "
+                             f"(HxW) but its image {self.images[index]} is "
+                             f"{image_u8.shape[0]}x{image_u8.shape[1]}")
         # one binary mask per instance id: compare the id map with each id (broadcasting)
         ids = np.unique(ids_map)
         ids = ids[ids != 0]

@@ -7,6 +7,7 @@ untouched (``os.replace`` is atomic on POSIX and Windows).
 """
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -17,23 +18,53 @@ import numpy as np
 import torch
 
 
-def save_checkpoint(state: Dict[str, Any], path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file + rename). Returns the path."""
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path, write) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, rename it over ``path``.
+
+    The temporary file is created private (mode 0600, ``mkstemp``); before the rename it gets the
+    mode any new file of the user gets (0666 minus the umask), like ``open(path, "w")`` would give.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        # Leave no stray temporary file behind; the old checkpoint is still intact.
+        # Leave no stray temporary file behind; the old file is still intact.
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(state: Dict[str, Any], path) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + rename). Returns the path."""
+    return _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+    return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete ``<name>.*.tmp`` files beside ``path`` that a killed writer left behind. Returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(glob.escape(path.name) + ".*.tmp")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def read_checkpoint(path, map_location="cpu") -> Dict[str, Any]:

@@ -26,6 +26,37 @@ def _rle(mask: np.ndarray) -> dict:
     return rle
 
 
+def _gt_annotations(target: dict, first_ann_id: int, label_to_category=None) -> List[dict]:
+    """One image's target -> COCO ground-truth annotations, masks as compressed RLE (a few hundred
+    bytes each instead of H*W: evaluation keeps these, not the decoded masks, until the end)."""
+    image_id = int(target["image_id"])
+    boxes = target["boxes"].tolist()
+    labels = target["labels"].tolist()
+    masks = target["masks"].numpy() if "masks" in target else None
+    crowd = target.get("iscrowd", torch.zeros(len(labels), dtype=torch.int64)).tolist()
+    anns = []
+    for i, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels)):
+        cat = int(label) if label_to_category is None else int(label_to_category[label])
+        ann = {"id": first_ann_id + i, "image_id": image_id, "category_id": cat,
+               "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[i])}
+        if masks is not None:
+            ann["segmentation"] = _rle(masks[i])
+            ann["area"] = float(masks[i].sum())
+        else:
+            ann["area"] = float((x2 - x1) * (y2 - y1))
+        anns.append(ann)
+    return anns
+
+
+def _coco_gt(images: List[dict], annotations: List[dict], category_ids: Iterable[int]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": int(c), "name": str(c)} for c in category_ids]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 def coco_from_targets(targets: Iterable[dict], image_sizes: Iterable[tuple], num_classes: int) -> COCO:
     """Build an in-memory pycocotools ``COCO`` ground truth from targets in the package's contract.
 
@@ -36,37 +67,19 @@ def coco_from_targets(targets: Iterable[dict], image_sizes: Iterable[tuple], num
         num_classes: including background; categories ``1 .. num_classes - 1`` are declared.
     """
     images, annotations = [], []
-    ann_id = 1
     for target, (h, w) in zip(targets, image_sizes):
-        image_id = int(target["image_id"])
-        images.append({"id": image_id, "height": int(h), "width": int(w)})
-        boxes = target["boxes"].tolist()
-        labels = target["labels"].tolist()
-        masks = target["masks"].numpy() if "masks" in target else None
-        crowd = target.get("iscrowd", torch.zeros(len(labels), dtype=torch.int64)).tolist()
-        for i, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels)):
-            ann = {"id": ann_id, "image_id": image_id, "category_id": int(label),
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[i])}
-            if masks is not None:
-                ann["segmentation"] = _rle(masks[i])
-                ann["area"] = float(masks[i].sum())
-            else:
-                ann["area"] = float((x2 - x1) * (y2 - y1))
-            annotations.append(ann)
-            ann_id += 1
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations,
-                    "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+        images.append({"id": int(target["image_id"]), "height": int(h), "width": int(w)})
+        annotations += _gt_annotations(target, len(annotations) + 1)
+    return _coco_gt(images, annotations, range(1, num_classes))
 
 
-def detections_to_coco(image_id: int, output: dict, mask_threshold: float = 0.5) -> Dict[str, List[dict]]:
+def detections_to_coco(image_id: int, output: dict, mask_threshold: float = 0.5,
+                       label_to_category=None) -> Dict[str, List[dict]]:
     """One image's model output -> COCO result entries for ``bbox`` and (if masks) ``segm``.
 
     ``output``: ``boxes (m, 4) xyxy``, ``labels (m,)``, ``scores (m,)``, optionally ``masks (m, 1, H, W)``
-    soft in [0, 1] (thresholded at ``mask_threshold`` for the RLE).
+    soft in [0, 1] (thresholded at ``mask_threshold`` for the RLE). ``label_to_category``: the
+    category id of each label (a dataset with large ids was relabelled 1..K); None: label = category id.
     """
     boxes = output["boxes"].detach().cpu().tolist()
     labels = output["labels"].detach().cpu().tolist()
@@ -76,7 +89,8 @@ def detections_to_coco(image_id: int, output: dict, mask_threshold: float = 0.5)
     if masks is not None:
         masks = (masks.detach().cpu()[:, 0] > mask_threshold).numpy()
     for i, ((x1, y1, x2, y2), label, score) in enumerate(zip(boxes, labels, scores)):
-        entry = {"image_id": int(image_id), "category_id": int(label), "score": float(score)}
+        cat = int(label) if label_to_category is None else int(label_to_category[label])
+        entry = {"image_id": int(image_id), "category_id": cat, "score": float(score)}
         bbox.append({**entry, "bbox": [x1, y1, x2 - x1, y2 - y1]})
         if masks is not None:
             segm.append({**entry, "segmentation": _rle(masks[i])})
@@ -105,26 +119,51 @@ def coco_summary(coco_gt: COCO, results: List[dict], iou_type: str, verbose: boo
 
 @torch.no_grad()
 def evaluate(model, dataset, device="cpu", batch_size: int = 4, mask_threshold: float = 0.5,
-             verbose: bool = False, num_classes: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+             verbose: bool = False, num_classes: Optional[int] = None,
+             label_to_category: Optional[List[int]] = None) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (eval mode) over ``dataset`` and return COCO ``{"bbox": {...}, "segm": {...}}``.
 
     ``num_classes`` defaults to ``model.cfg.num_classes`` when the model has a config.
+    ``label_to_category``: the category id of each of the model's labels (default: the dataset's
+    ``label_to_category`` when it has one, else label = category id).
+
+    Ground truth: for a ``CocoInstances`` dataset, its annotation file as it is (crowd regions
+    included, which pycocotools counts as "ignore", polygons and RLE as stored); for any other
+    dataset, each target's masks encoded as RLE as soon as the image is done. Either way no decoded
+    ground-truth mask is kept beyond its batch.
     """
+    from ..data.coco import CocoInstances
+
+    if len(dataset) == 0:
+        raise ValueError("cannot evaluate on a dataset with no images")
     if num_classes is None:
         num_classes = model.cfg.num_classes
+    if label_to_category is None:
+        label_to_category = getattr(dataset, "label_to_category", None)
+    if label_to_category is not None and len(label_to_category) < num_classes:
+        raise ValueError(f"label_to_category has {len(label_to_category)} entries, the model "
+                         f"{num_classes} labels")
+    from_file = isinstance(dataset, CocoInstances)
     was_training = model.training
     model.eval()
-    targets, sizes, results = [], [], {"bbox": [], "segm": []}
+    images_gt, anns_gt, results = [], [], {"bbox": [], "segm": []}
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [img.to(device) for img, _ in items]
         outputs = model(images)
         for (img, target), output in zip(items, outputs):
-            targets.append(target)
-            sizes.append(tuple(img.shape[-2:]))
-            res = detections_to_coco(int(target["image_id"]), output, mask_threshold)
+            if not from_file:
+                images_gt.append({"id": int(target["image_id"]), "height": int(img.shape[-2]),
+                                  "width": int(img.shape[-1])})
+                anns_gt += _gt_annotations(target, len(anns_gt) + 1, label_to_category)
+            res = detections_to_coco(int(target["image_id"]), output, mask_threshold, label_to_category)
             results["bbox"] += res["bbox"]
             results["segm"] += res["segm"]
+        del items, images, outputs
     model.train(was_training)
-    coco_gt = coco_from_targets(targets, sizes, num_classes)
+    if from_file:
+        coco_gt = dataset.coco
+    else:
+        cats = label_to_category[1:num_classes] if label_to_category is not None else range(1, num_classes)
+        coco_gt = _coco_gt(images_gt, anns_gt, cats)
     return {t: coco_summary(coco_gt, results[t], t, verbose) for t in ("bbox", "segm")}

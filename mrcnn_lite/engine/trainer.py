@@ -4,18 +4,32 @@
     history = trainer.fit()            # or trainer.fit(resume=True) to continue a stopped run
 
 ``model(images, targets)`` must return a dict of scalar losses in training mode (the Mask R-CNN
-contract). One step: forward, sum the loss terms, check they are finite, backward, (clip), step.
+contract). One step (:func:`train_step`): forward, sum the loss terms, check they are finite,
+backward, check the gradients are finite, (clip), step.
 
-Resuming gives the same weights as a run that was never stopped: the data order of epoch ``e`` is a
-pure function of ``(seed, e)``, and every random generator is saved with the checkpoint.
+Checkpoints (``out_dir/checkpoint.pt``) are written every ``save_every`` steps, at the end of
+every epoch and at the end of the run, atomically. A checkpoint is only ever written with weights
+that have been *proven* good: the save due after step k happens inside step k + 1, once the loss
+and the gradients computed with those weights are known to be finite, and before the optimizer
+changes them. So when a run diverges (a NaN or infinite loss or gradient), training stops with
+``NonFiniteLossError`` naming the step, the loss term and the images of the batch, and the
+checkpoint on disk is the last state whose loss and gradients were finite.
+
+Resuming gives the same weights as a run that was never stopped, also from the middle of an
+epoch: the data order of epoch ``e`` is a pure function of ``(seed, e)``, the checkpoint records
+how many samples of the epoch were used and every random generator as it was before the next batch
+was read. (Exact with ``num_workers=0``; with worker processes the data order is the same but
+random augmentations run in the workers, whose generators are not restored mid-epoch.)
 Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
 DistributedDataParallel and each process reads its share of every batch.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +41,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (atomic_write_text, read_checkpoint, remove_stale_temporaries, rng_state,
+                         save_checkpoint, set_rng_state)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when a loss term becomes NaN or infinite; training stops, the last checkpoint is kept."""
+    """A loss term, a gradient or a weight became NaN or infinite; training stops and the last
+    checkpoint (the last state with finite loss and gradients) is kept."""
 
 
 @dataclass
@@ -50,6 +66,7 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = None
     amp: str = "off"                    # "off", "bf16" or "fp16" (CUDA only)
     eval_every: int = 1                 # epochs between evaluations (0: never)
+    save_every: int = 0                 # steps between checkpoints (0: only at epoch ends and the end)
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
@@ -81,6 +98,91 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _batch_where(step, epoch, targets) -> str:
+    where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+    ids = [t["image_id"] for t in targets if isinstance(t, dict) and "image_id" in t]
+    if ids:
+        where += f", images {[int(i) for i in ids]}"
+    return where
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targets, *,
+               clip_grad_norm: Optional[float] = None, scaler=None, amp_dtype=None, device=None,
+               world: int = 1, step: Optional[int] = None, epoch: Optional[int] = None,
+               on_checked: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """One training step: forward, finite check, backward, gradient check, (clip), optimizer step.
+
+    model: ``model(images, targets) -> {name: scalar loss}`` (train mode).
+    images: list of (3, H, W) tensors; targets: list of dicts (moved to ``device`` when given).
+    clip_grad_norm: clip the total gradient norm to this (None: no clipping).
+    scaler: a ``torch.amp.GradScaler`` for fp16 (None or disabled: plain backward and step).
+    amp_dtype: run the forward under ``torch.autocast`` with this dtype (None: full precision).
+    world: processes to average the reported losses over (DDP averages the gradients itself).
+    step, epoch: only for the error message. on_checked: called once the loss and the gradients
+        are known to be finite, before the optimizer changes the weights -- the moment the current
+        weights are proven good (the Trainer writes its checkpoint there).
+    Returns the loss terms and their sum ``"loss"`` as floats (averaged over processes).
+    Raises NonFiniteLossError naming the step, the loss term (or parameter) and the batch's images.
+    """
+    if device is not None:
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    device_type = images[0].device.type if images else "cpu"
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss_dict = model(images, targets)
+    loss = sum(loss_dict.values())
+    names = list(loss_dict)
+    values = torch.stack([v.detach().float() for v in loss_dict.values()])
+    if world > 1:
+        dist.all_reduce(values)
+        values /= world
+    floats = values.tolist()
+    bad = [n for n, v in zip(names, floats) if not math.isfinite(v)]
+    if bad:
+        detail = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, floats))
+        raise NonFiniteLossError(
+            f"non-finite loss at {_batch_where(step, epoch, targets)} "
+            f"(term{'s' if len(bad) > 1 else ''} {', '.join(bad)}): {detail}")
+    optimizer.zero_grad(set_to_none=True)
+    scaling = scaler is not None and scaler.is_enabled()
+    (scaler.scale(loss) if scaling else loss).backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if scaling:
+        # fp16: an infinite gradient is routine (the loss scale was too high); the scaler skips
+        # that step and lowers the scale, so it is not an error here.
+        if clip_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    else:
+        # clip_grad_norm_ returns the norm before clipping; either way one pass over the gradients
+        norm = (nn.utils.clip_grad_norm_(params, clip_grad_norm) if clip_grad_norm
+                else nn.utils.get_total_norm([p.grad for p in params]))
+        if not torch.isfinite(norm):
+            first = next((n for n, p in model.named_parameters()
+                          if p.grad is not None and not torch.isfinite(p.grad).all()), "(the norm overflowed)")
+            raise NonFiniteLossError(
+                f"non-finite gradient at {_batch_where(step, epoch, targets)} (parameter {first}; "
+                f"loss {sum(floats):.4g}: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, floats)) + ")")
+    if on_checked is not None:
+        on_checked()
+    if scaling:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    out = dict(zip(names, floats))
+    out["loss"] = sum(out.values())
+    return out
+
+
+def first_non_finite(named_tensors) -> Optional[str]:
+    """Name of the first floating-point tensor with a NaN or infinite value, or None."""
+    for name, t in named_tensors:
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
+
+
 class Trainer:
     """Trains a detection model that returns a loss dict; see the module docstring.
 
@@ -104,6 +206,8 @@ class Trainer:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
         if cfg.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', got {cfg.amp!r}")
+        if len(train_set) == 0:
+            raise ValueError("the training set is empty")
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -133,80 +237,94 @@ class Trainer:
         else:
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-        total = self.iters_per_epoch * cfg.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, total, cfg))
+        self.total_iters = self.iters_per_epoch * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, self.total_iters, self.cfg))
         use_amp = cfg.amp != "off" and self.device.type == "cuda"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if use_amp else None
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.epoch = 0          # epochs completed
+        self.epoch_samples = 0  # samples of the current epoch already trained on
         self.global_step = 0
+        self.saved_step = None  # global_step of the checkpoint on disk (None: none written by us)
         self.history: Dict[str, List[dict]] = {"train": [], "eval": []}
+        self.resume_changes: List[str] = []
 
     # ----------------------------------------------------------------- data
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int, skip: int = 0) -> DataLoader:
+        """The batches of ``epoch`` (0-based), leaving out its first ``skip`` samples (a resumed epoch)."""
         per_process = self.cfg.batch_size // self.world
         if self.world > 1:
             sampler = DistributedSampler(self.train_set, self.world, self.rank, shuffle=True, seed=self.cfg.seed)
             sampler.set_epoch(epoch)
+            sampler = list(sampler)[skip // self.world:]
         else:
             # The same permutation DistributedSampler draws, so one process sees the same batches
             # that several processes share between them.
             g = torch.Generator().manual_seed(self.cfg.seed + epoch)
-            sampler = torch.randperm(len(self.train_set), generator=g).tolist()
+            sampler = torch.randperm(len(self.train_set), generator=g).tolist()[skip:]
+        # Its own generator: creating the loader then draws nothing from the global RNG, so where
+        # a run (or a resumed run) creates it does not shift the random numbers of the steps.
         return DataLoader(self.train_set, batch_size=per_process, sampler=sampler,
-                          num_workers=self.cfg.num_workers, collate_fn=collate)
+                          num_workers=self.cfg.num_workers, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     # ----------------------------------------------------------------- one step
-    def train_step(self, images, targets) -> Dict[str, float]:
-        """Forward, finite check, backward, step. Returns the loss terms as floats (averaged over processes)."""
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss_dict = self.ddp_model(images, targets)
-        loss = sum(loss_dict.values())
-        names = list(loss_dict)
-        values = torch.stack([v.detach().float() for v in loss_dict.values()])
-        if self.world > 1:
-            dist.all_reduce(values)
-            values /= self.world
-        bad = [n for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
-        if bad:
-            detail = ", ".join(f"{n}={v}" for n, v in zip(names, values.tolist()))
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {self.epoch + 1}, step {self.global_step + 1} "
-                f"(term{'s' if len(bad) > 1 else ''} {', '.join(bad)}): {detail}. Training stopped; "
-                f"the last good checkpoint is untouched: {self.checkpoint_path}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def train_step(self, images, targets, on_checked: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+        """:func:`train_step` with this trainer's model, optimizer, scaler and clipping; then the
+        learning-rate schedule advances one step. Returns the loss terms as floats."""
+        losses = train_step(  # the module-level function above, not this method
+            self.ddp_model, self.optimizer, images, targets, clip_grad_norm=self.cfg.clip_grad_norm,
+            scaler=self.scaler, amp_dtype=self.amp_dtype, device=self.device, world=self.world,
+            step=self.global_step + 1, epoch=self.epoch + 1, on_checked=on_checked)
         self.scheduler.step()
         self.global_step += 1
-        out = dict(zip(names, values.tolist()))
-        out["loss"] = sum(out.values())
-        return out
+        return losses
+
+    def _save_due(self) -> bool:
+        """Is the state now (before the next step) one to checkpoint? Epoch ends and every save_every
+        steps, counting the start (so a run that diverges at once still leaves a checkpoint to resume)."""
+        if self.saved_step == self.global_step:
+            return False
+        if self.global_step == 0:
+            return bool(self.cfg.save_every)
+        return self.epoch_samples == 0 or bool(self.cfg.save_every and self.global_step % self.cfg.save_every == 0)
 
     def train_one_epoch(self) -> Dict[str, float]:
         from tqdm.auto import tqdm
 
         self.ddp_model.train()
-        running: Dict[str, float] = {}
-        loader = self._loader(self.epoch)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+        loader = self._loader(self.epoch, skip=self.epoch_samples)
+        bar = tqdm(total=self.iters_per_epoch, initial=math.ceil(self.epoch_samples / self.cfg.batch_size),
+                   desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                    disable=not self.cfg.progress or self.rank != 0, leave=False)
-        for i, (images, targets) in enumerate(bar):
-            losses = self.train_step(images, targets)
-            for k, v in losses.items():
-                running[k] = running.get(k, 0.0) + (v - running.get(k, 0.0)) / (i + 1)  # running mean
+        batches = iter(loader)
+        while True:
+            # The random state before the batch is read (transforms draw from it) is the one a
+            # checkpoint written during this step must restore.
+            rng = rng_state()
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                break
+            on_checked = None
+            if self._save_due():
+                # The forward pass updates BatchNorm's running statistics before the weights are
+                # proven good, so keep the buffers as they are now for the checkpoint.
+                buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+                on_checked = lambda: self.save(self.checkpoint_path, rng=rng, buffers=buffers)  # noqa: E731
+            losses = self.train_step(images, targets, on_checked=on_checked)
+            self.epoch_samples += self.cfg.batch_size
             self.history["train"].append({"epoch": self.epoch + 1, "step": self.global_step,
                                           "lr": self.optimizer.param_groups[0]["lr"], **losses})
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items()})
+            bar.update()
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in losses.items()})
+        bar.close()
         self.epoch += 1
-        return running
+        self.epoch_samples = 0
+        rows = [r for r in self.history["train"] if r["epoch"] == self.epoch]
+        return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("loss")} if rows else {}
 
     # ----------------------------------------------------------------- the run
     def fit(self, resume: bool = False, until_epoch: Optional[int] = None) -> Dict[str, List[dict]]:
@@ -214,8 +332,13 @@ class Trainer:
 
         ``until_epoch`` stops early after that many epochs (the schedule still spans ``cfg.epochs``),
         e.g. to split a long run over several sessions: ``fit(until_epoch=2)`` then ``fit(resume=True)``.
+        A run can also be stopped (or killed) at any step: ``fit(resume=True)`` continues from the
+        last checkpoint, mid-epoch if need be.
         """
         stop = self.cfg.epochs if until_epoch is None else min(until_epoch, self.cfg.epochs)
+        if self.rank == 0:
+            for name in ("checkpoint.pt", "metrics.json", "metrics.csv"):
+                remove_stale_temporaries(self.out_dir / name)  # left by a run that was killed mid-write
         if resume and self.checkpoint_path.exists():
             self.load(self.checkpoint_path)
         elif not resume:
@@ -230,17 +353,23 @@ class Trainer:
                     record["eval"] = self.evaluate_fn(self.model, self.val_set)
                     self.history["eval"].append({"epoch": self.epoch, **record["eval"]})
             if self.rank == 0:
-                self.save(self.checkpoint_path)
                 self.write_metrics()
                 if self.cfg.progress:
                     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in record.items() if k != "eval"), flush=True)
+        if self.rank == 0 and self.saved_step != self.global_step:
+            # The end of the run: no next step will vouch for these weights, so check them directly.
+            self.save(self.checkpoint_path)
+        if self.rank == 0 and self.history["train"] and not (self.out_dir / "losses.png").exists():
+            self.write_metrics()  # e.g. a resumed run that had nothing left to do
         return self.history
 
     # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict:
+    def state_dict(self, rng: Optional[dict] = None, buffers: Optional[dict] = None) -> dict:
+        model_state = self.model.state_dict()
+        model_state.update({k: v for k, v in (buffers or {}).items() if k in model_state})
         return {
-            "model": self.model.state_dict(),
+            "model": model_state,
             "model_config": self.model_config,
             "meta": self.meta,
             "train_config": asdict(self.cfg),
@@ -248,35 +377,102 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "epoch_samples": self.epoch_samples,
             "global_step": self.global_step,
-            "rng": rng_state(),
+            "rng": rng if rng is not None else rng_state(),
             "history": self.history,
         }
 
-    def save(self, path) -> Path:
-        return save_checkpoint(self.state_dict(), path)
+    def save(self, path, rng: Optional[dict] = None, buffers: Optional[dict] = None) -> Path:
+        """Write the checkpoint (and the metrics) atomically, after checking every weight and every
+        optimizer statistic is finite; raises NonFiniteLossError (writing nothing) otherwise."""
+        state = self.state_dict(rng, buffers)
+        bad = first_non_finite(state["model"].items()) or first_non_finite(
+            (f"optimizer state {k} of parameter {i}", v)
+            for i, s in state["optimizer"]["state"].items() for k, v in s.items())
+        if bad:
+            raise NonFiniteLossError(f"non-finite value in {bad} after step {self.global_step}; not saved, "
+                                     f"the last good checkpoint is kept")
+        path = save_checkpoint(state, path)
+        self.saved_step = self.global_step
+        self.write_metrics(plot=False)  # the numbers with every checkpoint; the picture once an epoch
+        return path
 
     def load(self, path) -> None:
+        """Continue from checkpoint ``path``. A different model, number of classes or optimizer is a
+        ValueError naming what differs; other changed settings (batch size, lr, epochs, ...) are
+        applied from this trainer's config and listed in ``self.resume_changes`` (and printed)."""
         state = read_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        need = ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "train_config")
+        if not isinstance(state, dict) or any(k not in state for k in need):
+            raise ValueError(f"cannot resume from {path}: it is not a Trainer checkpoint "
+                             f"(missing {[k for k in need if not isinstance(state, dict) or k not in state]})")
+        saved_model = state.get("model_config") or {}
+        if saved_model and self.model_config and saved_model != self.model_config:
+            diff = [f"{k}: {saved_model.get(k)!r} in the checkpoint, {self.model_config.get(k)!r} now"
+                    for k in sorted(set(saved_model) | set(self.model_config))
+                    if saved_model.get(k) != self.model_config.get(k)]
+            raise ValueError(f"cannot resume from {path}: the model differs ({'; '.join(diff)})")
+        old = state["train_config"]
+        if old.get("optimizer") != self.cfg.optimizer:
+            raise ValueError(f"cannot resume from {path}: it was trained with optimizer {old.get('optimizer')!r}, "
+                             f"this run uses {self.cfg.optimizer!r} (their states do not convert)")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            # torch lists every mismatch on its own line after a header; the first one says enough
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise ValueError(f"cannot resume from {path}: its weights do not fit this model "
+                             f"({lines[1] if len(lines) > 1 else lines[0]}"
+                             f"{' ...' if len(lines) > 2 else ''})") from e
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"cannot resume from {path}: its optimizer state does not fit this model's "
+                             f"parameters ({e})") from e
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.epoch_samples = state.get("epoch_samples", 0)
+        self.saved_step = self.global_step
         self.history = state["history"]
         set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state["rng"].items()})
 
-    def write_metrics(self) -> None:
-        """``metrics.json`` (everything), ``metrics.csv`` (one row per step) and ``losses.png``."""
+        now = asdict(self.cfg)
+        self.resume_changes = [f"{k} {old[k]!r} -> {now[k]!r}" for k in now
+                               if k in old and k not in ("progress", "num_workers") and
+                               (list(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) !=
+                               (list(now[k]) if isinstance(now[k], (list, tuple)) else now[k])]
+        if self.resume_changes:
+            # The optimizer state carries the old hyperparameters; this run's config wins.
+            for g in self.optimizer.param_groups:
+                g["initial_lr"] = self.cfg.lr
+                g["weight_decay"] = self.cfg.weight_decay
+                if "momentum" in g:
+                    g["momentum"] = self.cfg.momentum
+            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+            factor = lr_factor(self.global_step, self.total_iters, self.cfg)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.cfg.lr * factor
+            if self.rank == 0:
+                print(f"note: resuming {path} at step {self.global_step} with changed settings: "
+                      + ", ".join(self.resume_changes), flush=True)
+
+    def write_metrics(self, plot: bool = True) -> None:
+        """``metrics.json`` (everything), ``metrics.csv`` (one row per step) and (``plot``)
+        ``losses.png``, each written atomically."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
+        atomic_write_text(self.out_dir / "metrics.json", json.dumps(self.history, indent=1))
         rows = self.history["train"]
         if rows:
-            with open(self.out_dir / "metrics.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-            plot_losses(rows, self.out_dir / "losses.png")
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
+            if plot:
+                plot_losses(rows, self.out_dir / "losses.png")
 
 
 def plot_losses(rows: List[dict], path=None, ax=None):
@@ -299,5 +495,8 @@ def plot_losses(rows: List[dict], path=None, ax=None):
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     if path is not None and fig is not None:
-        fig.savefig(path, dpi=80, bbox_inches="tight")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.png")
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+        os.replace(tmp, path)  # a reader never sees half a picture
     return ax

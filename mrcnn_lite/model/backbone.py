@@ -13,13 +13,11 @@ stage, which stages return features) as in maskrcnn-benchmark, and a block type.
 names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``, ``fc``), so
 torchvision's ResNet and Mask R-CNN state dicts load into these modules unchanged.
 
-Detection backbones use ``FrozenBatchNorm2d``: detection trains with 1-2 large images per GPU, and the
-statistics of such a tiny batch are noise, so the ImageNet statistics are kept fixed instead.
+Detection backbones use ``FrozenBatchNorm2d`` (``frozen_bn.py``): detection trains with 1-2 large images per
+GPU, and the statistics of such a tiny batch are noise, so the ImageNet statistics are kept fixed instead.
 """
 from __future__ import annotations
 
-import copy
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -29,109 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import MaskRCNNConfig
-from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
+from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
+from .frozen_bn import FrozenBatchNorm2d
 
 NormLayer = Callable[[int], nn.Module]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Frozen batch norm
-# ----------------------------------------------------------------------------------------------------------
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters: one per-channel multiply-add.
-
-        y = x * scale + shift,    scale = weight / sqrt(running_var + eps),    shift = bias - running_mean * scale
-
-    The four tensors are *buffers*, not parameters: they are saved and loaded with the state dict (keys
-    ``weight``, ``bias``, ``running_mean``, ``running_var``, as torchvision's) but never trained. Equal to
-    ``nn.BatchNorm2d(...).eval()`` with the same statistics.
-
-    ``scale`` and ``shift`` are precomputed: worked out on first use and reused until one of the four
-    buffers changes (it is replaced, e.g. by ``.to()`` or ``load_state_dict``, or written in place, which
-    PyTorch counts in ``tensor._version``). So a forward pass is a single ``torch.addcmul``, one pass over
-    the activations instead of two plus five small per-channel ops. (Writes through ``.data`` bypass the
-    version counter; use ``copy_`` under ``torch.no_grad()``.) For inference, ``fold_frozen_bn`` goes one
-    step further and folds the multiply-add into the preceding convolution.
-
-    Mixed precision. ``scale`` and ``shift`` are computed in float32 (float64 in a float64 model), then cast
-    to the activations' dtype, so that under autocast the backbone stays in float16/bfloat16. With
-    ``eps = 0``, as in torchvision's COCO v1 weights, float16 is a trap: its largest number is 65504 and
-    its smallest (subnormal) 6e-8, so
-
-    * a ``running_var`` below ~3e-8 stored in float16 (``model.half()``) rounds to 0, and ``rsqrt(0) = inf``;
-    * a scale above 65504 (``running_var < 2.3e-10 * weight**2``) overflows to inf when cast to float16.
-
-    This layer never takes the rsqrt in low precision (use autocast, not ``model.half()``), and if the
-    float16 scale or shift would overflow it warns and keeps its multiply-add in float32 (the output is
-    then float32, as torchvision's FrozenBatchNorm2d always gives under autocast). bfloat16 has
-    float32's range: no overflow, only fewer digits.
-
-    Args:
-        num_features: channels C of the input (N, C, H, W).
-        eps: added to the variance; torchvision's COCO v1 Mask R-CNN checkpoint was trained with eps = 0.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-        # The precomputed (scale, shift) per activation dtype, and which buffers (and versions) they came from.
-        self._cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
-        self._cache_source: tuple = ()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # A BatchNorm2d state dict also has a step counter; a frozen layer has no use for it.
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def compute_scale_and_shift(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
-        """``scale, shift`` of shape (C,), computed now: in the buffers' dtype (at least float32), then cast
-        to ``dtype`` if that is a lower precision, unless the cast would overflow (see the class docstring)."""
-        buffer_dtype = torch.promote_types(self.running_var.dtype, torch.float32)
-        scale = self.weight.to(buffer_dtype) * torch.rsqrt(self.running_var.to(buffer_dtype) + self.eps)
-        shift = self.bias.to(buffer_dtype) - self.running_mean.to(buffer_dtype) * scale
-        if dtype is None or dtype == buffer_dtype or torch.promote_types(dtype, buffer_dtype) != buffer_dtype:
-            return scale, shift
-        if torch.compiler.is_compiling():  # no data-dependent check inside a compiled graph
-            return scale.to(dtype), shift.to(dtype)
-        low_scale, low_shift = scale.to(dtype), shift.to(dtype)
-        if bool(torch.isfinite(low_scale).all() & torch.isfinite(low_shift).all()):
-            return low_scale, low_shift
-        warnings.warn(f"FrozenBatchNorm2d({self.num_features}, eps={self.eps}): scale or shift overflows {dtype} "
-                      f"(a running_var near 0 with a small eps); this layer computes in {buffer_dtype}.")
-        return scale, shift
-
-    def scale_and_shift(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
-        """The precomputed ``compute_scale_and_shift(dtype)``, recomputed only when a buffer has changed."""
-        buffers = (self.weight, self.bias, self.running_mean, self.running_var)
-        if torch.compiler.is_compiling() or any(b.is_inference() for b in buffers):
-            return self.compute_scale_and_shift(dtype)  # a compiler folds it into its graph anyway
-        source = tuple((b, b._version) for b in buffers)
-        if len(source) != len(self._cache_source) or any(
-            b is not old_b or v != old_v for (b, v), (old_b, old_v) in zip(source, self._cache_source)
-        ):
-            self._cache, self._cache_source = {}, source
-        # Tensors made in inference mode cannot be used in a later autograd step: cache them apart.
-        key = (dtype, torch.is_inference_mode_enabled())
-        if key not in self._cache:
-            with torch.no_grad():
-                self._cache[key] = self.compute_scale_and_shift(dtype)
-        return self._cache[key]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (N, C, H, W) -> (N, C, H, W)."""
-        scale, shift = self.scale_and_shift(x.dtype)
-        # (C,) -> (1, C, 1, 1) so that they broadcast over batch and space; addcmul = shift + x * scale.
-        return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,82 +278,14 @@ def freeze_layers(model: nn.Module, trainable_layers: int) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Folding frozen batch norm into the convolutions (inference)
-# ----------------------------------------------------------------------------------------------------------
-def fold_frozen_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Fold every ``FrozenBatchNorm2d`` that follows a conv into that conv, for inference.
-
-    A convolution followed by a per-channel multiply-add is one convolution with scaled weights and a
-    bias, since the conv is linear in its weights::
-
-        bn(conv(x)) = conv(x; W) * scale + shift = conv(x; W * scale[:, None, None, None]) + shift
-
-    so the folded model skips one pass over every activation map of the ResNet (53 of them in ResNet-50).
-    Folds the pairs of the ResNet stem (``conv1``/``bn1``), of every block (``conv{i}``/``bn{i}``) and of
-    the shortcuts (``downsample.0``/``downsample.1``); each folded norm layer becomes ``nn.Identity``.
-    Other norm layers (``BatchNorm2d``, ``GroupNorm``) are left alone.
-
-    Args:
-        model: a ``MaskRCNN``, ``BackboneWithFPN``, ``ResNet``, or any module containing them.
-        inplace: fold ``model`` itself; by default a deep copy is folded and returned.
-
-    Returns the folded model: same outputs up to float rounding (the products are computed in float64
-    and rounded once, but the conv then sums differently rounded terms: about 1e-6 relative in float32,
-    1e-15 in float64). Meant for inference: its state dict has conv biases and no norm buffers, so it no
-    longer loads torchvision's checkpoints; fold after loading. Training it would not be the same as
-    training the unfolded model (the gradient w.r.t. ``W * scale`` differs from that w.r.t. ``W``).
-    """
-    if not inplace:
-        model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        if isinstance(module, (ResNet, BasicBlock, Bottleneck)):
-            for i in (1, 2, 3):
-                _fold_conv_and_bn(module, f"conv{i}", f"bn{i}")
-        if isinstance(module, (BasicBlock, Bottleneck)) and module.downsample is not None:
-            _fold_conv_and_bn(module.downsample, "0", "1")
-    return model
-
-
-@torch.no_grad()
-def _fold_conv_and_bn(parent: nn.Module, conv_name: str, bn_name: str) -> None:
-    """If ``parent.<bn_name>`` is a FrozenBatchNorm2d after the conv ``parent.<conv_name>``, fold it in."""
-    conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, FrozenBatchNorm2d):
-        return
-    scale, shift = bn.compute_scale_and_shift()                          # (C_out,), (C_out,)
-    weight = conv.weight.double() * scale.double().reshape(-1, 1, 1, 1)  # round once, at the end
-    bias = shift.double() if conv.bias is None else conv.bias.double() * scale.double() + shift.double()
-    conv.weight.copy_(weight)                                            # keeps dtype and memory format
-    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
-    setattr(parent, bn_name, nn.Identity())
-
-
-# ----------------------------------------------------------------------------------------------------------
 # ResNet + FPN
 # ----------------------------------------------------------------------------------------------------------
-class BackboneWithFPN(nn.Module):
-    """``body`` (a feature-extractor ResNet) followed by ``fpn``.
-
-    x: (N, 3, H, W) -> OrderedDict '0','1','2','3','pool' of (N, out_channels, H/s, W/s), s = 4, 8, 16, 32, 64
-    (rounded up at each stride-2 step for sizes that are not multiples of 32).
-    """
-
-    def __init__(self, body: ResNet, fpn: FeaturePyramidNetwork):
-        super().__init__()
-        self.body = body
-        self.fpn = fpn
-        self.out_channels = fpn.out_channels
-
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        return self.fpn(self.body(x))
-
-
 def group_norm(num_channels: int) -> nn.GroupNorm:
     """GroupNorm with groups of 4 channels, at most 32 groups (32 is Wu & He's default for wide layers)."""
     return nn.GroupNorm(max(1, min(32, num_channels // 4)), num_channels)
 
 
-def norm_layer_from_config(cfg: MaskRCNNConfig) -> NormLayer:
+def norm_layer_from_config(cfg: MaskRCNNConfig, frozen_bn: Type[nn.Module] = FrozenBatchNorm2d) -> NormLayer:
     """``cfg.norm`` -> a ``channels -> module`` factory: "frozen_bn", "bn" or "gn".
 
     Training from scratch needs a norm layer that *learns*: ``FrozenBatchNorm2d`` starts (and stays)
@@ -462,7 +293,7 @@ def norm_layer_from_config(cfg: MaskRCNNConfig) -> NormLayer:
     keeps the stored statistics fixed ("frozen_bn").
     """
     if cfg.norm == "frozen_bn":
-        return partial(FrozenBatchNorm2d, eps=cfg.frozen_bn_eps)
+        return partial(frozen_bn, eps=cfg.frozen_bn_eps)
     if cfg.norm == "bn":
         return nn.BatchNorm2d
     if cfg.norm == "gn":
@@ -470,15 +301,16 @@ def norm_layer_from_config(cfg: MaskRCNNConfig) -> NormLayer:
     raise ValueError(f"norm must be 'frozen_bn', 'bn' or 'gn', got {cfg.norm!r}")
 
 
-def resnet_fpn_backbone(cfg: MaskRCNNConfig) -> BackboneWithFPN:
+def resnet_fpn_backbone(cfg: MaskRCNNConfig, frozen_bn: Type[nn.Module] = FrozenBatchNorm2d) -> BackboneWithFPN:
     """The Mask R-CNN backbone from the config: ResNet-``cfg.depth`` at ``cfg.base_width`` with
     the norm layer ``cfg.norm`` (``FrozenBatchNorm2d(eps=cfg.frozen_bn_eps)`` by default), the first ``5 - cfg.trainable_layers`` layers frozen,
     stages ``cfg.returned_layers`` feeding an FPN with ``cfg.fpn_out_channels`` channels and a "pool" level.
 
     With ``config.r50_fpn()`` its state-dict keys are exactly those of torchvision's
-    ``maskrcnn_resnet50_fpn(...).backbone``.
+    ``maskrcnn_resnet50_fpn(...).backbone``. ``frozen_bn``: the class built for ``norm="frozen_bn"``
+    (the model's fast floor passes ``mrcnn_lite.fast.CachedFrozenBatchNorm2d``).
     """
-    norm_layer = norm_layer_from_config(cfg)
+    norm_layer = norm_layer_from_config(cfg, frozen_bn)
     body = resnet(cfg.depth, None, cfg.base_width, cfg.returned_layers, norm_layer)
     freeze_layers(body, cfg.trainable_layers)
     fpn = FeaturePyramidNetwork(body.out_channels_list, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool())

@@ -103,11 +103,8 @@ def assign_targets_to_proposals(
 
 
 def subsample(labels: List[Tensor], fg_bg_sampler) -> List[Tensor]:
-    """Indices of the RoIs kept for the loss, per image, ascending: a ``BalancedPositiveNegativeSampler`` draws them.
-
-    torchvision takes the sampler's masks and lists ``torch.where(pos | neg)[0]``; the sorted union of the
-    sampled indices is the same list, without a host-device sync per image.
-    """
+    """Indices of the RoIs kept for the loss, per image, ascending: a ``BalancedPositiveNegativeSampler``
+    draws them (the same list as torchvision's ``torch.where(pos_mask | neg_mask)[0]``)."""
     pos_inds, neg_inds = fg_bg_sampler.sample_indices(labels)
     return [torch.cat([pos, neg]).sort().values for pos, neg in zip(pos_inds, neg_inds)]
 
@@ -222,8 +219,7 @@ def postprocess_detections(
         scores = scores[:, 1:].reshape(-1)
         labels = labels[:, 1:].reshape(-1)
 
-        # low scores and (nearly) empty boxes (torchvision: a torch.where, then remove_small_boxes with
-        # min_size 1e-2). One torch.where for both: each one is a host-device sync on a GPU.
+        # drop low scores and (nearly) empty boxes (torchvision's remove_small_boxes with min_size 1e-2)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = torch.where((scores > score_thresh) & (widths >= 1e-2) & (heights >= 1e-2))[0]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

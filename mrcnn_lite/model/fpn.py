@@ -10,7 +10,8 @@ image but are coarse; the shallow ones (C2) are sharp but semantically weak. The
 
 Module and parameter names follow ``torchvision.ops.FeaturePyramidNetwork`` (``inner_blocks.{i}.0``,
 ``layer_blocks.{i}.0``: torchvision wraps each conv in a one-element ``Sequential``), so a torchvision
-state dict loads into it unchanged.
+state dict loads into it unchanged. ``BackboneWithFPN`` puts a ResNet body (``backbone.py``) and the FPN
+together; ``backbone.resnet_fpn_backbone`` builds it from a config.
 """
 from __future__ import annotations
 
@@ -95,3 +96,20 @@ class FeaturePyramidNetwork(nn.Module):
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, feats, names)
         return OrderedDict(zip(names, results))
+
+
+class BackboneWithFPN(nn.Module):
+    """``body`` (a feature-extractor ResNet) followed by ``fpn``.
+
+    x: (N, 3, H, W) -> OrderedDict '0','1','2','3','pool' of (N, out_channels, H/s, W/s), s = 4, 8, 16, 32, 64
+    (rounded up at each stride-2 step for sizes that are not multiples of 32).
+    """
+
+    def __init__(self, body: nn.Module, fpn: FeaturePyramidNetwork):
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.out_channels = fpn.out_channels
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.fpn(self.body(x))

@@ -1,53 +1,93 @@
-"""Which kernels the model calls: the from-scratch ``mrcnn_lite.ops`` or torchvision's compiled ones.
+"""The swappable pieces of the model and which implementation of each actually runs.
 
-``mrcnn_lite.ops`` is the reference the course builds (pure PyTorch, readable). torchvision's C++/CUDA
-kernels give the same numbers faster; the model uses them when ``cfg.use_torchvision_ops`` is True
-and torchvision is importable. Tests prove both paths agree.
+Two floors compute the same numbers (tests/test_fast.py and the torchvision-equality tests prove it):
+
+* ``"reference"``: the plain code of ``mrcnn_lite.ops`` and ``mrcnn_lite.model`` -- what the course builds;
+* ``"fast"``: ``mrcnn_lite.fast`` -- torchvision's compiled kernels where importable, vectorised NMS,
+  channels-last RoIAlign, cached frozen batch norm, grid-sample mask pasting, a sync-free sampler.
+
+``cfg.kernels`` picks one when the model is built (``kernels_for``); the stage modules receive the
+functions and classes below and never test which floor they are on. Functions record, at each call,
+which implementation ran; ``MaskRCNN.kernels_used()`` reports it.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Callable, Dict, Set, Type
 
-import torch
+from torch import nn
 
 from .. import ops
-
-try:  # torchvision is optional at run time: the course works without it.
-    import torchvision.ops as _tv_ops
-
-    TORCHVISION_KERNELS_AVAILABLE = True
-except Exception:  # pragma: no cover - depends on the install
-    _tv_ops = None
-    TORCHVISION_KERNELS_AVAILABLE = False
+from .frozen_bn import FrozenBatchNorm2d
+from .matching import BalancedPositiveNegativeSampler
+from .transform import paste_masks_in_image
 
 
-def roi_align_fastest(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """The from-scratch ``ops.roi_align`` on a CPU with a fixed sampling ratio, else torchvision's kernel.
+class KernelLog:
+    """Which implementations each op called: ``record(op, impl)`` at call time; ``calls`` op -> set of impls.
 
-    torchvision's CPU kernel runs on one thread and loops over every sample of every bin; the
-    from-scratch op is one weighted row-sum (``embedding_bag``) over a channels-last view of the map,
-    which uses all cores and reads each cell's channels as one contiguous row. Measured on 2 CPU cores,
-    sampling_ratio 2 (the box and mask branches): forward 3-5x faster at Mask R-CNN's sizes (856 RoIs
-    on a 256 x 80 x 120 map from the channels-last backbone: 29 ms vs 148 ms), forward + backward 3x
-    faster for the tiny model's maps.
-
-    Kept on torchvision's kernel: CUDA (it is the faster one there), and adaptive sampling
-    (``sampling_ratio <= 0``), which the mask targets use on full-resolution masks: a 500-px box gets
-    18 x 18 samples per bin, and the from-scratch op would hold an index per sample (gigabytes),
-    where torchvision's loop over one channel is cheap. Both give the same numbers (tests/test_ops_roi.py).
+    A deep copy of a model (e.g. ``fold_frozen_bn``) calls the same kernel functions, so it shares the log.
     """
-    if input.device.type == "cpu" and sampling_ratio > 0:
-        return ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
-    return _tv_ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+    def __init__(self) -> None:
+        self.calls: Dict[str, Set[str]] = {}
+
+    def record(self, op: str, impl: str) -> None:
+        self.calls.setdefault(op, set()).add(impl)
+
+    def __deepcopy__(self, memo) -> "KernelLog":
+        return self
 
 
-def kernels(use_torchvision: bool) -> SimpleNamespace:
-    """The ``roi_align``, ``roi_pool``, ``nms`` and ``batched_nms`` functions to use (same signatures)."""
-    src = _tv_ops if (use_torchvision and TORCHVISION_KERNELS_AVAILABLE) else ops
-    return SimpleNamespace(
-        roi_align=roi_align_fastest if src is _tv_ops else ops.roi_align,
-        roi_pool=src.roi_pool,
-        nms=src.nms,
-        batched_nms=src.batched_nms,
-        name="torchvision" if src is _tv_ops else "mrcnn_lite",
+def recorded(log: KernelLog, op: str, impl: str, fn: Callable) -> Callable:
+    """``fn``, recording ``impl`` under ``op`` in ``log`` each time it is called."""
+    def call(*args, **kwargs):
+        log.record(op, impl)
+        return fn(*args, **kwargs)
+    call.__name__ = getattr(fn, "__name__", op)
+    return call
+
+
+@dataclass
+class Kernels:
+    """One floor's implementations, handed to the stages when the model is built.
+
+    roi_align:            ``ops.roi_align``'s signature (RoI pooling and the mask targets)
+    batched_nms:          ``ops.batched_nms``'s signature (RPN proposals and final detections)
+    paste_masks_in_image: ``transform.paste_masks_in_image``'s signature
+    frozen_bn:            the class built for ``cfg.norm == "frozen_bn"``
+    sampler:              the ``BalancedPositiveNegativeSampler`` class of the RPN and the RoI heads
+    """
+
+    name: str
+    roi_align: Callable
+    batched_nms: Callable
+    paste_masks_in_image: Callable
+    frozen_bn: Type[nn.Module]
+    sampler: Type[BalancedPositiveNegativeSampler]
+    log: KernelLog
+
+
+def reference_kernels() -> Kernels:
+    log = KernelLog()
+    return Kernels(
+        name="reference",
+        roi_align=recorded(log, "roi_align", "mrcnn_lite.ops.roi_align", ops.roi_align),
+        batched_nms=recorded(log, "batched_nms", "mrcnn_lite.ops.batched_nms", ops.batched_nms),
+        paste_masks_in_image=recorded(log, "paste_masks_in_image", "mrcnn_lite.model.transform.paste_masks_in_image",
+                                      paste_masks_in_image),
+        frozen_bn=FrozenBatchNorm2d,
+        sampler=BalancedPositiveNegativeSampler,
+        log=log,
     )
+
+
+def kernels_for(name: str) -> Kernels:
+    """A fresh set of kernels (with its own log) for ``cfg.kernels``: ``"reference"`` or ``"fast"``."""
+    if name == "reference":
+        return reference_kernels()
+    if name == "fast":
+        # The one place the model reaches up to the fast floor, when it is built.
+        from ..fast.kernels import fast_kernels
+        return fast_kernels()
+    raise ValueError(f"kernels must be 'reference' or 'fast', got {name!r}")

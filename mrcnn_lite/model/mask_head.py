@@ -12,14 +12,13 @@ Pieces, in the order they are used (names as in torchvision and the paper):
                          (a sigmoid per class: classes do not compete for a pixel; the box head decides
                          the class)
 ``maskrcnn_inference``   at test time, the predicted class's channel through a sigmoid -> ``(m, 1, 28, 28)``
-``paste_masks_in_image`` the 28x28 probabilities resized into their boxes on a full-size canvas
-                         ``(m, 1, H, W)``; torchvision's geometry; a loop over masks on CPU, all masks
-                         at once with ``grid_sample`` on a GPU
+
+The last step, pasting the 28x28 probabilities into the full-size image, is ``transform.paste_masks_in_image``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +129,7 @@ def maskrcnn_loss(
 
 
 # ----------------------------------------------------------------------------------------------------
-# inference: pick the channel, paste into the image
+# inference: the predicted class's channel (transform.paste_masks_in_image puts it in the image)
 # ----------------------------------------------------------------------------------------------------
 
 def maskrcnn_inference(mask_logits: Tensor, labels: List[Tensor]) -> List[Tensor]:
@@ -141,100 +140,3 @@ def maskrcnn_inference(mask_logits: Tensor, labels: List[Tensor]) -> List[Tensor
     index = torch.arange(mask_logits.shape[0], device=labels.device)
     mask_prob = mask_prob[index, labels][:, None]
     return list(mask_prob.split(boxes_per_image, dim=0))
-
-
-def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
-    """Grow ``boxes (N, 4) xyxy`` about their centres by ``scale`` (same arithmetic as torchvision)."""
-    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
-    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
-
-
-def paste_masks_in_image(
-    masks: Tensor,
-    boxes: Tensor,
-    img_shape: Tuple[int, int],
-    padding: int = 1,
-    max_pixels_per_chunk: int = 1 << 22,
-    method: str = "auto",
-) -> Tensor:
-    """Paste ``masks (N, 1, M, M)`` (probabilities) into their ``boxes (N, 4)`` on an ``img_shape (H, W)`` canvas.
-
-    Returns ``(N, 1, H, W)``, zero outside each box. torchvision's geometry, reproduced exactly:
-
-    1. pad each mask with a 1-pixel zero border (M -> M + 2) and grow its box by (M + 2) / M, so the
-       border lands just outside the original box and the mask fades to 0 there;
-    2. round the grown box to integers (truncation, as ``.to(torch.int64)``): x0, y0, x1, y1;
-    3. resize the padded mask bilinearly (``align_corners=False``) to ``(y1 - y0 + 1, x1 - x0 + 1)``
-       and put its top-left at pixel (x0, y0).
-
-    Two ways to do step 3, same numbers (``method``):
-
-    * ``"loop"``: one ``interpolate`` per mask into its box, as torchvision does. Each mask only
-      touches the pixels of its own box, so on a CPU this is the fastest way.
-    * ``"grid"``: every canvas pixel *samples* its mask with one ``grid_sample`` for many masks at
-      once (in chunks of at most ``max_pixels_per_chunk`` output pixels). Far fewer, larger
-      kernels: the better choice on a GPU, where a Python loop of small kernels is launch-bound.
-    * ``"auto"`` (default): ``"loop"`` on CPU, ``"grid"`` elsewhere.
-    """
-    if method not in ("auto", "loop", "grid"):
-        raise ValueError(f"paste_masks_in_image: method must be 'auto', 'loop' or 'grid', got {method!r}")
-    im_h, im_w = int(img_shape[0]), int(img_shape[1])
-    N = masks.shape[0]
-    if N == 0:
-        return masks.new_zeros((0, 1, im_h, im_w))
-    M = masks.shape[-1]
-    padded = F.pad(masks, (padding,) * 4)                       # (N, 1, M+2p, M+2p)
-    scale = float(M + 2 * padding) / M
-    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)    # integer pixel boxes (truncated)
-    if method == "loop" or (method == "auto" and masks.device.type == "cpu"):
-        return _paste_loop(padded, boxes, im_h, im_w)
-    return _paste_grid(padded, boxes, im_h, im_w, max_pixels_per_chunk)
-
-
-def _paste_loop(padded: Tensor, boxes: Tensor, im_h: int, im_w: int) -> Tensor:
-    """Step 3 mask by mask: ``padded (N, 1, S, S)``, integer ``boxes (N, 4)`` -> ``(N, 1, im_h, im_w)``."""
-    out = padded.new_zeros((padded.shape[0], 1, im_h, im_w))
-    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):  # one host copy of all boxes, not one per box
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        # The part of the box that lies on the canvas (a box may stick out of the image).
-        cx0, cx1 = max(x0, 0), min(x1 + 1, im_w)
-        cy0, cy1 = max(y0, 0), min(y1 + 1, im_h)
-        if cx1 <= cx0 or cy1 <= cy0:
-            continue
-        resized = F.interpolate(padded[i: i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        out[i, 0, cy0:cy1, cx0:cx1] = resized[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
-    return out
-
-
-def _paste_grid(padded: Tensor, boxes: Tensor, im_h: int, im_w: int, max_pixels_per_chunk: int) -> Tensor:
-    """Step 3 for all masks at once with ``grid_sample``; same arguments as ``_paste_loop``.
-
-    Pixel x of the canvas is pixel (x - x0) of the resized mask. grid_sample's normalised coordinate
-    g in [-1, 1] (align_corners=False) reads source position ((g + 1) * size - 1) / 2, so
-    g = (2 * (x - x0) + 1) / w - 1 reads exactly where ``interpolate(size=(h, w))`` reads.
-    """
-    N = padded.shape[0]
-    x0, y0, x1, y1 = boxes.unbind(1)
-    w = (x1 - x0 + 1).clamp(min=1)                              # size the mask is resized to
-    h = (y1 - y0 + 1).clamp(min=1)
-    dtype, device = padded.dtype, padded.device
-    xs = torch.arange(im_w, device=device)
-    ys = torch.arange(im_h, device=device)
-    out = padded.new_zeros((N, 1, im_h, im_w))
-    chunk = max(1, max_pixels_per_chunk // max(1, im_h * im_w))
-    for s in range(0, N, chunk):
-        e = min(N, s + chunk)
-        gx = (2 * (xs[None, :] - x0[s:e, None]) + 1).to(dtype) / w[s:e, None].to(dtype) - 1  # (n, W)
-        gy = (2 * (ys[None, :] - y0[s:e, None]) + 1).to(dtype) / h[s:e, None].to(dtype) - 1  # (n, H)
-        n = e - s
-        grid = torch.stack((gx[:, None, :].expand(n, im_h, im_w), gy[:, :, None].expand(n, im_h, im_w)), dim=-1)
-        pasted = F.grid_sample(padded[s:e], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        # Outside its (integer) box torchvision's canvas is 0.
-        inside_x = (xs[None, :] >= x0[s:e, None]) & (xs[None, :] < x0[s:e, None] + w[s:e, None])  # (n, W)
-        inside_y = (ys[None, :] >= y0[s:e, None]) & (ys[None, :] < y0[s:e, None] + h[s:e, None])  # (n, H)
-        inside = inside_y[:, :, None] & inside_x[:, None, :]
-        out[s:e, 0] = pasted[:, 0] * inside.to(dtype)
-    return out

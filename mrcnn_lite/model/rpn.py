@@ -1,15 +1,15 @@
 """The Region Proposal Network (Faster R-CNN, Ren et al. 2015), as used by Mask R-CNN.
 
 The RPN looks at every anchor (see ``anchors.py``) and answers two questions with a tiny conv head
-shared over all FPN levels:
+shared over all FPN levels (``rpn_head.py``):
 
 * objectness: is there an object here?        ``cls_logits``: A logits per location
 * box deltas: how should the anchor move?      ``bbox_pred``:  4 A deltas per location
 
 From those it produces *proposals* -- a few hundred to a few thousand boxes per image that the box
 head will classify. During training it also learns: each anchor is matched to the ground truth
-(``Matcher``), labelled object (1) / background (0) / ignore (-1), a balanced random subset is
-sampled (``BalancedPositiveNegativeSampler``), and two losses are computed on that subset.
+(``matching.Matcher``), labelled object (1) / background (0) / ignore (-1), a balanced random subset is
+sampled (``matching.BalancedPositiveNegativeSampler``), and two losses are computed on that subset.
 
 The pieces, in the order the data flows through ``RegionProposalNetwork.forward``::
 
@@ -17,23 +17,16 @@ The pieces, in the order the data flows through ``RegionProposalNetwork.forward`
     anchors  --BoxCoder.decode(deltas)--> proposals (B, sum A*H*W, 4)
     filter_proposals: top-n per level -> sigmoid -> clip -> remove small -> remove low score
                       -> NMS per level -> top-n per image
-    training: assign_targets_to_anchors (Matcher) -> labels, regression_targets -> compute_loss
+    training: assign_targets_to_anchors (Matcher) -> labels, regression_targets -> rpn_loss
 
 Semantics, argument names and defaults follow ``torchvision.models.detection.rpn`` so the two can be
-read side by side; the tests prove the same weights give the same proposals and losses. Where
-torchvision loops over the images of a batch, we vectorise when the result is identical (target
-assignment, top-n selection); clipping, filtering and NMS stay per image, since each image keeps a
-different number of boxes.
-
-On a GPU, every read of a tensor's *value* by Python (``.item()``, ``.tolist()``, ``if t.any():``,
-``torch.where(mask)``, ``x[bool_mask]``: the result's size depends on the data) waits for all queued
-work to finish: a host-device sync. The code avoids the ones it can without changing a number
-(see ``Matcher.set_low_quality_matches_``, ``BalancedPositiveNegativeSampler.sample_indices`` and
-``filter_proposals``); the rest are listed in notebook 13.
+read side by side; the tests prove the same weights give the same proposals and losses. Target
+assignment and top-n selection handle all images of the batch at once (same result as a loop);
+clipping, filtering and NMS go image by image, since each image keeps a different number of boxes.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,246 +35,43 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import BoxCoder, box_dtype
 from .anchors import AnchorGenerator
+from .kernels import Kernels, kernels_for
+from .matching import BalancedPositiveNegativeSampler, Matcher
+from .rpn_head import RPNHead, concat_box_prediction_layers
+from .transform import ImageList
 
-__all__ = [
-    "Matcher",
-    "BalancedPositiveNegativeSampler",
-    "RPNHead",
-    "RegionProposalNetwork",
-    "concat_box_prediction_layers",
-    "build_rpn",
-]
+__all__ = ["RPNHead", "RegionProposalNetwork", "concat_box_prediction_layers", "rpn_loss", "build_rpn"]
 
 
-# --------------------------------------------------------------------------------------------------
-# Matching: which ground-truth box does each anchor (or proposal) belong to?
-# --------------------------------------------------------------------------------------------------
-class Matcher:
-    """Assigns to every prediction (anchor / proposal) at most one ground-truth box, by IoU.
-
-    ``matcher(match_quality_matrix)`` with ``match_quality_matrix (M, N)`` = IoU of M ground-truth
-    boxes with N predictions returns ``matched_idxs (N,) int64``:
-
-    * ``m in [0, M)`` if the best IoU of prediction n is ``>= high_threshold`` (a foreground match);
-    * ``BETWEEN_THRESHOLDS = -2`` if it is in ``[low_threshold, high_threshold)`` (ambiguous: ignored);
-    * ``BELOW_LOW_THRESHOLD = -1`` if it is ``< low_threshold`` (background).
-
-    ``allow_low_quality_matches=True`` (the RPN uses it) adds, for every ground-truth box, the
-    prediction(s) that overlap it most -- ties included -- even if that best IoU is below
-    ``high_threshold``. Without it a small or oddly shaped object that no anchor covers at IoU >= 0.7
-    would have no positive anchor at all, and the RPN would never learn to propose it.
-
-    Batched form (used by the RPN to match all images at once): ``match_quality_matrix (B, M, N)``
-    where images with fewer than M boxes are padded with rows of a negative value (e.g. -1). IoU is
-    never negative, so padded rows never win a max and are skipped by the low-quality rule.
-    Returns ``(B, N)``. An image with only padded rows gets all ``BELOW_LOW_THRESHOLD``.
-
-    Same semantics and constructor as ``torchvision.models.detection._utils.Matcher``.
-    """
-
-    BELOW_LOW_THRESHOLD = -1
-    BETWEEN_THRESHOLDS = -2
-
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False):
-        if low_threshold > high_threshold:
-            raise ValueError(
-                f"Matcher: low_threshold ({low_threshold}) must be <= high_threshold ({high_threshold})"
-            )
-        self.high_threshold = high_threshold
-        self.low_threshold = low_threshold
-        self.allow_low_quality_matches = allow_low_quality_matches
-
-    def __call__(self, match_quality_matrix: Tensor) -> Tensor:
-        if not isinstance(match_quality_matrix, Tensor):
-            raise TypeError(f"Matcher: match_quality_matrix must be a Tensor, got {type(match_quality_matrix).__name__}")
-        if match_quality_matrix.dim() == 2:
-            # Same contract as torchvision: an empty matrix is a caller error during training.
-            if match_quality_matrix.numel() == 0:
-                if match_quality_matrix.shape[0] == 0:
-                    raise ValueError("Matcher: no ground-truth boxes available for one of the images during training")
-                raise ValueError("Matcher: no proposal boxes available for one of the images during training")
-            return self._match(match_quality_matrix[None])[0]
-        if match_quality_matrix.dim() == 3:
-            batch, num_gt, num_pred = match_quality_matrix.shape
-            if num_gt == 0:  # no image of the batch has a ground-truth box: all background
-                return torch.full((batch, num_pred), self.BELOW_LOW_THRESHOLD, dtype=torch.int64,
-                                  device=match_quality_matrix.device)
-            return self._match(match_quality_matrix)
-        raise ValueError(
-            f"Matcher: match_quality_matrix must have shape (M, N) or (B, M, N), got {tuple(match_quality_matrix.shape)}"
-        )
-
-    def _match(self, quality: Tensor) -> Tensor:
-        """``quality (B, M, N)`` with M >= 1 -> ``matched_idxs (B, N)``."""
-        # For every prediction, its best ground truth (first one on ties, like torch.max).
-        matched_vals, matches = quality.max(dim=1)                     # (B, N), (B, N)
-        all_matches = matches.clone() if self.allow_low_quality_matches else None
-
-        below_low_threshold = matched_vals < self.low_threshold
-        between_thresholds = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
-        matches.masked_fill_(below_low_threshold, self.BELOW_LOW_THRESHOLD)
-        matches.masked_fill_(between_thresholds, self.BETWEEN_THRESHOLDS)
-
-        if all_matches is not None:
-            self.set_low_quality_matches_(matches, all_matches, quality)
-        return matches
-
-    def set_low_quality_matches_(self, matches: Tensor, all_matches: Tensor, quality: Tensor) -> None:
-        """Give each ground-truth box its best prediction(s), even when that IoU is low (in place).
-
-        ``matches, all_matches (B, N)``, ``quality (B, M, N)``. For every real GT box, every prediction
-        whose IoU with it equals that box's highest IoU (ties included) gets back its best match from
-        ``all_matches`` -- which is this GT unless another GT overlaps the prediction even more.
-        """
-        highest_quality_foreach_gt = quality.max(dim=2).values           # (B, M)
-        is_best = quality == highest_quality_foreach_gt[:, :, None]      # (B, M, N)
-        is_best &= (highest_quality_foreach_gt >= 0)[:, :, None]         # skip padded GT rows
-        # torchvision lists the (image, prediction) pairs with torch.where(is_best) and writes those; a
-        # mask over predictions does the same without asking the GPU how many pairs there are (a sync).
-        is_best_for_some_gt = is_best.any(dim=1)                         # (B, N)
-        matches.copy_(torch.where(is_best_for_some_gt, all_matches, matches))
-
-
-# --------------------------------------------------------------------------------------------------
-# Sampling: a fixed-size, balanced mini-batch of anchors per image for the loss.
-# --------------------------------------------------------------------------------------------------
-class BalancedPositiveNegativeSampler:
-    """Picks ``batch_size_per_image`` examples per image, at most ``positive_fraction`` of them positive.
-
-    An image has ~100k anchors, almost all background. Training on all of them would drown the few
-    positives; sampling e.g. 256 with up to half positive keeps the objectness loss balanced.
-    If there are too few positives the rest is filled with negatives (and vice versa).
-
-    ``sampler(labels)``: ``labels`` is a list (one per image) of ``(N_i,)`` tensors in which ``-1``
-    (or any negative value) means ignore, ``0`` background and ``>= 1`` foreground.
-    Returns ``(pos_masks, neg_masks)``: two lists of ``(N_i,)`` bool tensors marking the sampled
-    positives and negatives (torchvision returns the same masks as uint8; use ``torch.where`` or
-    boolean indexing on either).
-
-    The random draw is one ``torch.randperm`` of the positives then one of the negatives per image,
-    exactly as torchvision does, so with the same seed both pick the same examples.
-
-    ``sampler.sample_indices(labels)`` returns the same draw as sorted index tensors instead of masks.
-    It reads the numbers of positives and negatives of all images in *one* host-device transfer
-    (``randperm`` needs them on the host); torchvision's two ``torch.where`` per image cost one each.
-    """
-
-    def __init__(self, batch_size_per_image: int, positive_fraction: float):
-        if batch_size_per_image < 0:
-            raise ValueError(f"batch_size_per_image must be >= 0, got {batch_size_per_image}")
-        if not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
-
-    def __call__(self, labels: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        pos_inds, neg_inds = self.sample_indices(labels)
-        pos_masks, neg_masks = [], []
-        for labels_per_image, pos_chosen, neg_chosen in zip(labels, pos_inds, neg_inds):
-            pos_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
-            neg_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
-            pos_mask[pos_chosen] = True
-            neg_mask[neg_chosen] = True
-            pos_masks.append(pos_mask)
-            neg_masks.append(neg_mask)
-        return pos_masks, neg_masks
-
-    def sample_indices(self, labels: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """The sampled positives and negatives of each image as sorted int64 indices into its labels.
-
-        Same draw as ``__call__``: ``torch.where(pos_masks[i])[0]`` equals ``sample_indices(labels)[0][i]``.
-        """
-        for i, labels_per_image in enumerate(labels):
-            if not isinstance(labels_per_image, Tensor) or labels_per_image.dim() != 1:
-                raise ValueError(f"sampler: labels[{i}] must be a 1-D tensor, got "
-                                 f"{getattr(labels_per_image, 'shape', type(labels_per_image).__name__)}")
-        if len(labels) == 0:
-            return [], []
-        is_pos = [labels_per_image >= 1 for labels_per_image in labels]
-        is_neg = [labels_per_image == 0 for labels_per_image in labels]
-        # How many positives and negatives each image has: one host read for the whole batch.
-        counts = torch.stack([torch.stack([p.sum(), n.sum()]) for p, n in zip(is_pos, is_neg)]).tolist()
-
-        pos_inds, neg_inds = [], []
-        for p, n, (n_pos, n_neg) in zip(is_pos, is_neg, counts):
-            # All positives / negatives, ascending, as torch.where would list them; nonzero_static is told
-            # how many there are, so it need not read that back from the GPU.
-            positive = torch.nonzero_static(p, size=n_pos)[:, 0]
-            negative = torch.nonzero_static(n, size=n_neg)[:, 0]
-
-            num_pos = min(n_pos, int(self.batch_size_per_image * self.positive_fraction))
-            num_neg = min(n_neg, self.batch_size_per_image - num_pos)
-
-            # A random subset of each pool (a random permutation, then its first k).
-            pos_chosen = positive[torch.randperm(n_pos, device=positive.device)[:num_pos]]
-            neg_chosen = negative[torch.randperm(n_neg, device=negative.device)[:num_neg]]
-            pos_inds.append(pos_chosen.sort().values)
-            neg_inds.append(neg_chosen.sort().values)
-        return pos_inds, neg_inds
-
-
-# --------------------------------------------------------------------------------------------------
-# The head: one small conv net shared by all FPN levels.
-# --------------------------------------------------------------------------------------------------
-class _ConvReLU(nn.Sequential):
-    """3x3 conv (padding 1, with bias) + ReLU. Its own Sequential so the state-dict keys read
-    ``conv.0.0.weight`` like torchvision's (which wraps it in ``Conv2dNormActivation``)."""
-
-    def __init__(self, channels: int):
-        super().__init__(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True))
-
-
-class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then two sibling 1x1 convs: objectness logits and box deltas.
-
-    Args:
-        in_channels: channels C of every FPN level (they are all the same).
-        num_anchors: anchors per location A (the same at every level).
-        conv_depth: number of 3x3 conv + ReLU blocks before the two predictors.
-
-    ``forward(features)`` with ``features`` a list of ``(B, C, H_l, W_l)`` returns two lists, one entry
-    per level: ``objectness (B, A, H_l, W_l)`` logits and ``bbox_deltas (B, 4 A, H_l, W_l)`` where
-    channels ``4a..4a+3`` are ``(dx, dy, dw, dh)`` of anchor a.
-
-    State-dict keys: ``conv.0.0.weight``, ``conv.0.0.bias``, ``cls_logits.weight/bias``,
-    ``bbox_pred.weight/bias`` -- torchvision's. All convs start from N(0, 0.01) weights and zero bias.
-    """
-
-    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1):
-        super().__init__()
-        self.conv = nn.Sequential(*[_ConvReLU(in_channels) for _ in range(conv_depth)])
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1, stride=1)
-        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1, stride=1)
-        for layer in self.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.normal_(layer.weight, std=0.01)
-                nn.init.constant_(layer.bias, 0)
-
-    def forward(self, features: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        objectness, bbox_deltas = [], []
-        for feature in features:  # the same weights at every level
-            t = self.conv(feature)
-            objectness.append(self.cls_logits(t))
-            bbox_deltas.append(self.bbox_pred(t))
-        return objectness, bbox_deltas
-
-
-def concat_box_prediction_layers(
-    objectness: Sequence[Tensor], bbox_deltas: Sequence[Tensor]
+def rpn_loss(
+    objectness: Tensor,
+    pred_bbox_deltas: Tensor,
+    labels: Tensor,
+    regression_targets: Tensor,
+    sampled_pos_inds: Tensor,
+    sampled_neg_inds: Tensor,
 ) -> Tuple[Tensor, Tensor]:
-    """Flatten the per-level head outputs into the anchors' order (level -> y -> x -> anchor).
+    """The two RPN losses on a sample of anchors.
 
-    ``objectness[l] (B, A, H_l, W_l)``, ``bbox_deltas[l] (B, 4 A, H_l, W_l)`` ->
-    ``objectness (B, N)`` and ``bbox_deltas (B, N, 4)`` with ``N = sum_l H_l W_l A``.
+    ``objectness (N,)`` logits, ``pred_bbox_deltas (N, 4)``, ``labels (N,)`` (1 / 0 / -1),
+    ``regression_targets (N, 4)``, and the sampled anchors as indices ``sampled_pos_inds (P,)``,
+    ``sampled_neg_inds (Q,)`` (all images of a batch concatenated). Returns ``(objectness_loss, box_loss)``:
+
+    * objectness: binary cross-entropy with logits, mean over the sampled anchors;
+    * box: smooth-L1 (beta = 1/9) summed over the sampled *positives*, divided by the number of
+      sampled anchors (positives + negatives) -- so the two losses share one normaliser.
     """
-    flat_obj, flat_deltas = [], []
-    for obj, deltas in zip(objectness, bbox_deltas):
-        B, A, H, W = obj.shape
-        # (B, A, H, W) -> (B, H, W, A): y, then x, then anchor, as AnchorGenerator orders them.
-        flat_obj.append(obj.permute(0, 2, 3, 1).reshape(B, -1))
-        # (B, A*4, H, W) -> (B, A, 4, H, W) -> (B, H, W, A, 4)
-        flat_deltas.append(deltas.view(B, A, 4, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, 4))
-    return torch.cat(flat_obj, dim=1), torch.cat(flat_deltas, dim=1)
+    sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds])
+    box_loss = F.smooth_l1_loss(
+        pred_bbox_deltas[sampled_pos_inds],
+        regression_targets[sampled_pos_inds],
+        beta=1 / 9,
+        reduction="sum",
+    ) / max(sampled_inds.numel(), 1)
+    objectness_loss = F.binary_cross_entropy_with_logits(
+        objectness[sampled_inds], labels.to(objectness.dtype)[sampled_inds]
+    )
+    return objectness_loss, box_loss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,16 +92,17 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: IoU threshold of the NMS between proposals (0.7).
         score_thresh: drop proposals with objectness probability below this (0.0).
         nms_fn: ``batched_nms(boxes, scores, idxs, iou_threshold)`` to use; default the from-scratch
-            ``mrcnn_lite.ops.batched_nms``. The model passes ``kernels(cfg.use_torchvision_ops).batched_nms``.
+            ``mrcnn_lite.ops.batched_nms``. The model passes the one its ``cfg.kernels`` picks.
 
-    ``forward(images, image_sizes, features, targets=None)``:
-        images: padded batch ``(B, C, H, W)`` (only its shape is used, for the anchors).
-        image_sizes: B pairs ``(h, w)``: the size of each image *before* padding (proposals are clipped to it).
-        features: ``OrderedDict[str, (B, C, H_l, W_l)]`` (or a list) from the FPN.
+    ``forward(images, features, targets=None, intermediates=None)`` (torchvision's signature):
+        images: an ``ImageList``: the padded batch ``(B, C, H, W)`` (its shape places the anchors) and
+            ``image_sizes``, B pairs ``(h, w)`` before padding (proposals are clipped to them).
+        features: ``OrderedDict[str, (B, C, H_l, W_l)]`` from the FPN.
         targets: in training, B dicts with ``"boxes" (n_i, 4)`` xyxy; ``n_i`` may be 0.
         Returns ``(proposals, losses)``: ``proposals`` a list of B ``(N_i, 4)`` boxes (detached, sorted by
         decreasing objectness), ``losses`` ``{"loss_objectness", "loss_rpn_box_reg"}`` in training and
-        ``{}`` in eval. The scores of the last call are kept in ``self.last_scores`` for inspection.
+        ``{}`` in eval. ``intermediates``, a dict, receives ``anchors``, ``proposals`` and their
+        ``proposal_scores`` (objectness probabilities) for the notebooks.
     """
 
     def __init__(
@@ -345,7 +136,6 @@ class RegionProposalNetwork(nn.Module):
         self.score_thresh = score_thresh
         self.min_size = 1e-3  # proposals thinner than this (pixels) are dropped
         self.nms_fn = nms_fn if nms_fn is not None else ops.batched_nms
-        self.last_scores: List[Tensor] = []
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
@@ -399,33 +189,16 @@ class RegionProposalNetwork(nn.Module):
         labels: Sequence[Tensor],
         regression_targets: Sequence[Tensor],
     ) -> Tuple[Tensor, Tensor]:
-        """The two RPN losses on a balanced sample of anchors.
-
-        ``objectness (B, N)`` logits, ``pred_bbox_deltas (B, N, 4)``, ``labels``/``regression_targets``
-        B tensors ``(N,)`` / ``(N, 4)``. Returns ``(objectness_loss, box_loss)``:
-
-        * objectness: binary cross-entropy with logits, mean over the sampled anchors;
-        * box: smooth-L1 (beta = 1/9) summed over the sampled *positives*, divided by the number of
-          sampled anchors (positives + negatives) -- so the two losses share one normaliser.
-        """
-        pos_masks, neg_masks = self.fg_bg_sampler(labels)
-        sampled_pos_inds = torch.where(torch.cat(pos_masks))[0]
-        sampled_neg_inds = torch.where(torch.cat(neg_masks))[0]
-        sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds])
-
-        objectness = objectness.reshape(-1)
-        pred_bbox_deltas = pred_bbox_deltas.reshape(-1, 4)
-        labels = torch.cat(list(labels)).to(objectness.dtype)
-        regression_targets = torch.cat(list(regression_targets))
-
-        box_loss = F.smooth_l1_loss(
-            pred_bbox_deltas[sampled_pos_inds],
-            regression_targets[sampled_pos_inds],
-            beta=1 / 9,
-            reduction="sum",
-        ) / max(sampled_inds.numel(), 1)
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled_inds], labels[sampled_inds])
-        return objectness_loss, box_loss
+        """Sample anchors with ``self.fg_bg_sampler``, then ``rpn_loss``. ``objectness (B, N)`` logits,
+        ``pred_bbox_deltas (B, N, 4)``, ``labels``/``regression_targets``: B tensors ``(N,)`` / ``(N, 4)``."""
+        pos_inds, neg_inds = self.fg_bg_sampler.sample_indices(labels)
+        offsets = [i * objectness.shape[1] for i in range(len(pos_inds))]  # image i's anchors start here
+        return rpn_loss(
+            objectness.reshape(-1), pred_bbox_deltas.reshape(-1, 4),
+            torch.cat(list(labels)), torch.cat(list(regression_targets)),
+            torch.cat([p + o for p, o in zip(pos_inds, offsets)]),
+            torch.cat([n + o for n, o in zip(neg_inds, offsets)]),
+        )
 
     # ---- proposals --------------------------------------------------------------------------------
     def _get_top_n_idx(self, objectness: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:
@@ -466,12 +239,10 @@ class RegionProposalNetwork(nn.Module):
 
         final_boxes, final_scores = [], []
         for i, image_size in enumerate(image_sizes):
-            # 2. clip to the image's own (unpadded) size. Its (h, w) are Python numbers, so this needs
-            # no host-to-device copy (a sizes tensor for the whole batch would need one: a sync on a GPU).
+            # 2. clip to the image's own (unpadded) size.
             boxes_i = ops.clip_boxes_to_image(proposals[i], image_size)
 
-            # 3. drop near-empty boxes and low scores (">=" like torchvision). One torch.where, then
-            # plain indexing: each boolean-mask index would be a host-device sync of its own.
+            # 3. drop near-empty boxes and low scores (">=" like torchvision), all with one index list.
             widths = boxes_i[:, 2] - boxes_i[:, 0]
             heights = boxes_i[:, 3] - boxes_i[:, 1]
             keep = torch.where((widths >= self.min_size) & (heights >= self.min_size)
@@ -487,19 +258,14 @@ class RegionProposalNetwork(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------
     def forward(
         self,
-        images: Tensor,
-        image_sizes: Optional[Sequence[Tuple[int, int]]],
-        features: Union[Mapping[str, Tensor], Sequence[Tensor]],
+        images: ImageList,
+        features: Mapping[str, Tensor],
         targets: Optional[Sequence[Mapping[str, Tensor]]] = None,
+        intermediates: Optional[Dict[str, Any]] = None,
     ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
-        images_tensor = getattr(images, "tensors", images)
-        if image_sizes is None:  # an ImageList carries its own sizes
-            image_sizes = getattr(images, "image_sizes", None)
-        features = list(features.values()) if isinstance(features, Mapping) else list(features)
-        self._check_inputs(images_tensor, image_sizes, features, targets)
-
+        features = list(features.values())
         objectness, pred_bbox_deltas = self.head(features)
-        anchors = self.anchor_generator(images_tensor, features)               # B x (N, 4)
+        anchors = self.anchor_generator(images, features)                      # B x (N, 4)
         num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
         objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
         # Under autocast the head's convs return float16/bfloat16. Decoding, clipping, NMS and the losses
@@ -513,8 +279,9 @@ class RegionProposalNetwork(nn.Module):
         proposals = self.box_coder.decode_single(
             pred_bbox_deltas.detach().reshape(-1, 4), torch.cat(anchors)
         ).view(B, N, 4)
-        boxes, scores = self.filter_proposals(proposals, objectness, image_sizes, num_anchors_per_level)
-        self.last_scores = scores
+        boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        if intermediates is not None:
+            intermediates.update(anchors=anchors, proposals=boxes, proposal_scores=scores)
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -528,45 +295,17 @@ class RegionProposalNetwork(nn.Module):
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
         return boxes, losses
 
-    def _check_inputs(self, images, image_sizes, features, targets) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4:
-            raise TypeError(f"RPN: images must be the padded batch tensor (B, C, H, W), got "
-                            f"{getattr(images, 'shape', type(images).__name__)}")
-        B = images.shape[0]
-        if image_sizes is None or len(image_sizes) != B:
-            raise ValueError(f"RPN: image_sizes must list one (h, w) per image ({B}), got {image_sizes}")
-        if len(features) == 0:
-            raise ValueError("RPN: features must contain at least one feature map")
-        for level, f in enumerate(features):
-            if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[0] != B:
-                raise ValueError(f"RPN: feature level {level} must have shape ({B}, C, H, W), got "
-                                 f"{getattr(f, 'shape', type(f).__name__)}")
-        if targets is None:
-            return
-        if len(targets) != B:
-            raise ValueError(f"RPN: got {len(targets)} targets for {B} images")
-        for i, t in enumerate(targets):
-            if "boxes" not in t:
-                raise ValueError(f"RPN: targets[{i}] has no 'boxes'")
-            boxes = t["boxes"]
-            if not isinstance(boxes, Tensor) or not boxes.is_floating_point():
-                raise TypeError(f"RPN: targets[{i}]['boxes'] must be a floating-point tensor, got "
-                                f"{getattr(boxes, 'dtype', type(boxes).__name__)}")
-            if boxes.dim() != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"RPN: targets[{i}]['boxes'] must have shape (n, 4), got {tuple(boxes.shape)}")
 
+def build_rpn(cfg, in_channels: int, kernels: Optional[Kernels] = None) -> RegionProposalNetwork:
+    """The RPN described by a ``MaskRCNNConfig``: anchor sizes/ratios, every ``rpn_*`` field, and the NMS and
+    sampler of ``cfg.kernels`` (or of ``kernels``, the set the model was built with).
 
-def build_rpn(cfg, in_channels: int, nms_fn: Optional[Callable] = None) -> RegionProposalNetwork:
-    """The RPN described by a ``MaskRCNNConfig`` (anchor sizes/ratios and every ``rpn_*`` field).
-
-    ``in_channels``: the FPN's output channels. ``nms_fn`` defaults to the one chosen by
-    ``cfg.use_torchvision_ops`` (see ``kernels.py``).
+    ``in_channels``: the FPN's output channels.
     """
-    from .kernels import kernels
-
+    k = kernels if kernels is not None else kernels_for(cfg.kernels)
     anchor_generator = AnchorGenerator(cfg.anchor_sizes, (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
     head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
-    return RegionProposalNetwork(
+    rpn = RegionProposalNetwork(
         anchor_generator,
         head,
         fg_iou_thresh=cfg.rpn_fg_iou_thresh,
@@ -577,5 +316,7 @@ def build_rpn(cfg, in_channels: int, nms_fn: Optional[Callable] = None) -> Regio
         post_nms_top_n=dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
         nms_thresh=cfg.rpn_nms_thresh,
         score_thresh=cfg.rpn_score_thresh,
-        nms_fn=nms_fn if nms_fn is not None else kernels(cfg.use_torchvision_ops).batched_nms,
+        nms_fn=k.batched_nms,
     )
+    rpn.fg_bg_sampler = k.sampler(cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction)
+    return rpn

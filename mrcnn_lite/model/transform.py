@@ -9,20 +9,20 @@ Mask R-CNN takes a *list* of images of any size. Before the backbone sees them, 
    ``size_divisible`` (32: the coarsest FPN level has stride 32, so every level lines up).
 
 After the heads, ``postprocess`` maps boxes back to each original image and pastes the 28x28 mask
-probabilities into full-size masks. Targets are copied, never modified in place.
+probabilities into full-size masks (``paste_masks_in_image``). Targets are copied, never modified in place.
+The inputs were checked at the model's entrance (``inputs.py``).
 
 Same arithmetic as torchvision's ``GeneralizedRCNNTransform`` (the tests prove equality).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mask_head import paste_masks_in_image
 
 
 class ImageList:
@@ -47,8 +47,7 @@ def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence
     """Scale ``boxes (N, 4) xyxy`` from an image of ``original_size (h, w)`` to one of ``new_size (h, w)``.
 
     The ratios are computed in float32, as torchvision does, so float64 models give the same numbers.
-    They stay 0-dim CPU tensors, which PyTorch passes to a GPU kernel as plain numbers; torchvision
-    moves them to the boxes' device first, a host-to-device copy (and a sync) per ratio.
+    They stay 0-dim CPU tensors, which PyTorch passes to a GPU kernel as plain numbers (no copy).
     """
     ratio_h = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
     ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
@@ -78,6 +77,47 @@ def resize_image_and_masks(
     return image, target
 
 
+def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
+    """Grow ``boxes (N, 4) xyxy`` about their centres by ``scale`` (same arithmetic as torchvision)."""
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
+
+
+def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Tuple[int, int], padding: int = 1) -> Tensor:
+    """Paste ``masks (N, 1, M, M)`` (probabilities) into their ``boxes (N, 4)`` on an ``img_shape (H, W)`` canvas.
+
+    Returns ``(N, 1, H, W)``, zero outside each box. torchvision's geometry, reproduced exactly:
+
+    1. pad each mask with a 1-pixel zero border (M -> M + 2) and grow its box by (M + 2) / M, so the
+       border lands just outside the original box and the mask fades to 0 there;
+    2. round the grown box to integers (truncation, as ``.to(torch.int64)``): x0, y0, x1, y1;
+    3. resize the padded mask bilinearly (``align_corners=False``) to ``(y1 - y0 + 1, x1 - x0 + 1)``
+       and put its top-left at pixel (x0, y0), one mask at a time.
+    """
+    im_h, im_w = int(img_shape[0]), int(img_shape[1])
+    N = masks.shape[0]
+    if N == 0:
+        return masks.new_zeros((0, 1, im_h, im_w))
+    M = masks.shape[-1]
+    padded = F.pad(masks, (padding,) * 4)                       # (N, 1, M+2p, M+2p)
+    scale = float(M + 2 * padding) / M
+    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)    # integer pixel boxes (truncated)
+    out = padded.new_zeros((N, 1, im_h, im_w))
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        # The part of the box that lies on the canvas (a box may stick out of the image).
+        cx0, cx1 = max(x0, 0), min(x1 + 1, im_w)
+        cy0, cy1 = max(y0, 0), min(y1 + 1, im_h)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        resized = F.interpolate(padded[i: i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        out[i, 0, cy0:cy1, cx0:cx1] = resized[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
+    return out
+
+
 class GeneralizedRCNNTransform(nn.Module):
     """Normalise, resize and batch the input images (and their targets); map detections back.
 
@@ -87,6 +127,8 @@ class GeneralizedRCNNTransform(nn.Module):
         max_size:   the long side never exceeds this
         image_mean, image_std: per-channel normalisation (RGB, images in [0, 1])
         size_divisible: the padded batch's H and W are multiples of this
+        paste_masks: ``paste_masks_in_image`` or a function with its signature (the model's fast floor
+                    passes its own)
     """
 
     def __init__(
@@ -96,6 +138,7 @@ class GeneralizedRCNNTransform(nn.Module):
         image_mean: Sequence[float],
         image_std: Sequence[float],
         size_divisible: int = 32,
+        paste_masks: Callable[[Tensor, Tensor, Tuple[int, int]], Tensor] = paste_masks_in_image,
     ):
         super().__init__()
         if not isinstance(min_size, (list, tuple)):
@@ -105,6 +148,7 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.size_divisible = size_divisible
+        self.paste_masks = paste_masks
         self._mean_std_cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
 
     def forward(
@@ -118,8 +162,6 @@ class GeneralizedRCNNTransform(nn.Module):
         if targets is not None:
             targets = [dict(t) for t in targets]  # shallow copies: we replace entries, never edit tensors
         for i, image in enumerate(images):
-            if image.dim() != 3:
-                raise ValueError(f"image {i}: expected a (C, H, W) tensor, got shape {tuple(image.shape)}")
             target = targets[i] if targets is not None else None
             image = self.normalize(image)
             image, target = self.resize(image, target)
@@ -133,10 +175,8 @@ class GeneralizedRCNNTransform(nn.Module):
 
     def normalize(self, image: Tensor) -> Tensor:
         """``(image - mean) / std`` per channel; ``image (3, h, w)`` float."""
-        if not image.is_floating_point():
-            raise TypeError(f"images must be floating point (values in [0, 1]), got {image.dtype}")
         # Made once per (values, dtype, device): a tensor built from a Python list on a GPU is a
-        # host-to-device copy, which waits for the GPU (a sync) -- twice per image otherwise.
+        # host-to-device copy, which waits for the GPU.
         key = (tuple(self.image_mean), tuple(self.image_std), image.dtype, image.device)
         if key not in self._mean_std_cache:
             self._mean_std_cache[key] = (torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device),
@@ -181,22 +221,33 @@ class GeneralizedRCNNTransform(nn.Module):
         image_shapes: List[Tuple[int, int]],
         original_image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Tensor]]:
-        """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
-
-        boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1].
-        Does nothing in training mode (there are no detections then).
-        """
+        """``postprocess`` (the function below) with this transform's mask paster; nothing in training mode
+        (there are no detections then)."""
         if self.training:
             return result
-        for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
-            boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
-            result[i]["boxes"] = boxes
-            if "masks" in pred:
-                result[i]["masks"] = paste_masks_in_image(pred["masks"], boxes, o_im_s)
-        return result
+        return postprocess(result, image_shapes, original_image_sizes, self.paste_masks)
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(\n    Normalize(mean={self.image_mean}, std={self.image_std})\n"
             f"    Resize(min_size={self.min_size}, max_size={self.max_size}, mode='bilinear')\n)"
         )
+
+
+def postprocess(
+    result: List[Dict[str, Tensor]],
+    image_shapes: List[Tuple[int, int]],
+    original_image_sizes: List[Tuple[int, int]],
+    paste_masks: Callable[[Tensor, Tensor, Tuple[int, int]], Tensor] = paste_masks_in_image,
+) -> List[Dict[str, Tensor]]:
+    """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
+
+    boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1]
+    (``paste_masks``). The dicts of ``result`` are updated and returned.
+    """
+    for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
+        boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
+        result[i]["boxes"] = boxes
+        if "masks" in pred:
+            result[i]["masks"] = paste_masks(pred["masks"], boxes, o_im_s)
+    return result

@@ -133,8 +133,7 @@ class BoxCoder:
 
     def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
         """``reference_boxes (N, 4)`` (targets) relative to ``proposals (N, 4)`` -> deltas ``(N, 4)``."""
-        # Python numbers, not a tensor: torchvision's torch.as_tensor(weights, device=...) is a host-to-device
-        # copy (a sync on a GPU); a Python scalar is converted to the boxes' dtype inside the kernel instead.
+        # Python numbers, not a tensor: a Python scalar goes to the kernel as an argument, no copy to the GPU.
         wx, wy, ww, wh = self.weights
         ex_widths = proposals[:, 2:3] - proposals[:, 0:1]
         ex_heights = proposals[:, 3:4] - proposals[:, 1:2]

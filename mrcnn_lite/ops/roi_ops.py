@@ -1,4 +1,4 @@
-"""RoIPool, RoIAlign and MultiScaleRoIAlign in pure PyTorch.
+"""RoIPool and RoIAlign in pure PyTorch.
 
 A detector proposes boxes ("regions of interest", RoIs) of every size, but the box head needs a
 fixed-size feature per RoI (e.g. 256 x 7 x 7). These ops cut each RoI out of a feature map and pool
@@ -9,35 +9,30 @@ it onto a fixed ``output_size`` grid of "bins":
 * :func:`roi_align` (Mask R-CNN) keeps the box in real coordinates, places a regular grid of
   sample points inside every bin, reads the map at each point by bilinear interpolation, and
   averages: no quantization, so a sub-pixel shift of the box moves the output smoothly.
-* :class:`MultiScaleRoIAlign` picks, for every box, the FPN level whose stride suits the box size
-  (:func:`map_levels`, eq. 1 of the FPN paper) and runs :func:`roi_align` there.
 
-Semantics, argument names and numbers follow ``torchvision.ops`` (the tests check forward values
-and input gradients against it). Everything is built from differentiable tensor ops (index_select,
-gather, embedding_bag), so autograd gives the backward pass; nothing loops over RoIs or bins in Python.
-Boxes are treated as constants (no gradient flows into box coordinates), as in torchvision.
+``poolers.py`` picks, for every box, the FPN level to pool from. Semantics, argument names and numbers
+follow ``torchvision.ops`` (the tests check forward values and input gradients against it). Everything
+is built from differentiable tensor ops, so autograd gives the backward pass. Boxes are treated as
+constants (no gradient flows into box coordinates), as in torchvision. ``mrcnn_lite.fast.roi_align``
+computes the same RoIAlign without the loop over RoIs.
+
+Errors: a wrong type or dtype is a TypeError; a wrong shape, value or device a ValueError.
 
 Shapes used below: ``input (N, C, H, W)``, ``K`` RoIs, output ``(K, C, PH, PW)`` with
 ``(PH, PW) = output_size``.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .boxes import box_area, box_dtype
+from .boxes import box_dtype
 
 BoxesArg = Union[Tensor, Sequence[Tensor]]
 
-__all__ = [
-    "roi_pool", "roi_align", "MultiScaleRoIAlign", "map_levels", "infer_scale", "setup_scales",
-    "boxes_to_rois", "roi_align_geometry", "roi_align_sample_positions",
-]
+__all__ = ["roi_pool", "roi_align", "boxes_to_rois", "roi_align_geometry", "roi_align_sample_positions"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,9 +78,7 @@ def _as_rois(input: Tensor, boxes: BoxesArg, op: str) -> Tensor:
                                  f"got shape {tuple(b.shape)}")
         if len(boxes) > n:
             raise ValueError(f"{op}: boxes is a list for {len(boxes)} images but input holds only {n}")
-        dtypes = {b.dtype for b in boxes}
-        boxes = [b.to(box_dtype(input.dtype)) for b in boxes] if len(dtypes) > 1 else list(boxes)
-        rois = boxes_to_rois(boxes) if boxes else input.new_zeros((0, 5))
+        rois = boxes_to_rois([b.to(box_dtype(input.dtype)) for b in boxes]) if boxes else input.new_zeros((0, 5))
     elif isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
             raise ValueError(f"{op}: boxes must be a Tensor[K, 5] of (batch_index, x1, y1, x2, y2) or a list "
@@ -96,22 +89,15 @@ def _as_rois(input: Tensor, boxes: BoxesArg, op: str) -> Tensor:
 
     if rois.device != input.device:
         raise ValueError(f"{op}: boxes are on {rois.device} but input is on {input.device}; move them with .to()")
-    # Boxes are constants for the op (no gradient, like torchvision); float32 or float64 (see box_dtype).
     rois = rois.detach().to(box_dtype(input.dtype))
-    if rois.shape[0] == 0:
-        return rois
-    bad = ~torch.isfinite(rois).all(dim=1)
-    if bad.any():
-        r = int(bad.nonzero()[0])
-        raise ValueError(f"{op}: boxes row {r} is not finite: {rois[r].tolist()}")
     idx = rois[:, 0]
-    not_int = idx != torch.round(idx)
-    if not_int.any():
-        r = int(not_int.nonzero()[0])
-        raise ValueError(f"{op}: boxes row {r} has batch index {idx[r].item()}, which is not an integer")
-    outside = (idx < 0) | (idx >= n)
-    if outside.any():
-        r = int(outside.nonzero()[0])
+    bad = ~torch.isfinite(rois).all(dim=1) | (idx != torch.round(idx)) | (idx < 0) | (idx >= n)
+    if rois.shape[0] and bool(bad.any()):  # one read of the data; the search for the culprit only on failure
+        r = int(bad.nonzero()[0])
+        if not bool(torch.isfinite(rois[r]).all()):
+            raise ValueError(f"{op}: boxes row {r} is not finite: {rois[r].tolist()}")
+        if idx[r] != torch.round(idx[r]):
+            raise ValueError(f"{op}: boxes row {r} has batch index {idx[r].item()}, which is not an integer")
         raise ValueError(f"{op}: boxes row {r} has batch index {int(idx[r].item())}, "
                          f"but input has batch size {n} (valid: 0..{n - 1})")
     return rois
@@ -255,25 +241,23 @@ def roi_align_sample_positions(start: Tensor, bin_size: Tensor, grid: Tensor, n_
     return pos, used
 
 
-def _bilinear_axis(pos: Tensor, used: Tensor, grid: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """The 1-D half of bilinear interpolation: neighbour indices and weights of each sample.
+def _bilinear_axis(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The 1-D half of bilinear interpolation, torchvision's rules: sample ``pos (S,)`` along an axis of
+    ``size`` cells -> ``low, high (S,)`` int64 neighbour cells and their weights ``w_low, w_high (S,)``.
 
-    ``pos (K, B, G)`` -> ``idx (K, B, G, 2)`` (low, high cell) and ``weight (K, B, G, 2)``. Samples
-    outside ``[-1, size]`` or unused get weight 0, and each weight carries ``1 / grid`` so that the
-    sum over samples is the average. Because validity and weights factor per axis, the 2-D weight
-    of corner (y_a, x_b) is just ``wy[a] * wx[b]``.
+    A sample outside ``[-1, size]`` reads nothing (both weights 0); one in ``[-1, 0)`` reads the first
+    cell, one at or beyond the last cell reads the last cell. The 2-D weight of corner ``(y_a, x_b)`` is
+    ``wy_a * wx_b``.
     """
-    valid = (pos >= -1.0) & (pos <= size) & used
-    pos = pos.clamp(min=0)                     # samples in [-1, 0) read the border cell
+    valid = ((pos >= -1.0) & (pos <= size)).to(pos.dtype)
+    pos = pos.clamp(min=0)
     low = pos.floor().long()
-    at_edge = low >= size - 1                  # at the far border both neighbours are the last cell
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, size - 1, low)
     high = torch.where(at_edge, low, low + 1)
     pos = torch.where(at_edge, low.to(pos.dtype), pos)
     frac = pos - low.to(pos.dtype)
-    scale = valid.to(pos.dtype) / grid.clamp(min=1)[:, None, None]
-    weight = torch.stack([(1.0 - frac) * scale, frac * scale], dim=-1)
-    return torch.stack([low, high], dim=-1), weight
+    return low, high, (1.0 - frac) * valid, frac * valid
 
 
 def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0,
@@ -294,215 +278,42 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
     Returns:
         ``(K, C, PH, PW)``.
 
-    Samples with y outside ``[-1, H]`` or x outside ``[-1, W]`` contribute 0 (but still count in
-    the average). How it is vectorised: the grid of sample points is the product of a set of y's
-    and a set of x's, and bilinear weights factor into a y-weight times an x-weight. So every output
-    bin is a weighted sum of the 2 x 2 neighbours of all its samples, read from a channels-last view of
-    the map: one weighted row-sum for all bins at once (:func:`_weighted_rows`). Adaptive grids,
-    which differ per RoI, are laid out at the largest count and the extra samples get weight 0.
-
-    Mixed precision: float16/bfloat16 input is sampled in float32 and the result cast back to the input's
-    dtype, with autocast switched off inside (the weighted sum is a matrix product, which autocast would
-    otherwise run in low precision). That is what torchvision's kernel does under autocast.
+    For each RoI: the sample points are the product of a set of y's (``PH * grid_h``) and a set of x's
+    (``PW * grid_w``); every sample is the bilinear blend of its four neighbour cells; each bin averages
+    its ``grid_h * grid_w`` samples. Samples outside ``[-1, H] x [-1, W]`` contribute 0 but still count.
+    RoIs with the same number of samples per bin (all of them, for a fixed ``sampling_ratio``) are
+    computed together. float16/bfloat16 input is sampled in float32 and cast back, as torchvision does.
     """
     _check_input(input, "roi_align")
-    ph_n, pw_n = _pair(output_size, "roi_align")
+    ph, pw = _pair(output_size, "roi_align")
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"roi_align: sampling_ratio must be an int, got {sampling_ratio!r}")
+    rois = _as_rois(input, boxes, "roi_align")
     out_dtype = input.dtype
     input = input.to(box_dtype(input.dtype))  # a no-op for float32 and float64
-    with _autocast_off(input.device):
-        out = _roi_align_full_precision(input, boxes, (ph_n, pw_n), spatial_scale, sampling_ratio, aligned)
-    return out.to(out_dtype)
-
-
-def _autocast_off(device: torch.device):
-    """A context in which autocast is off on ``device`` (``nullcontext`` when it is not on anyway)."""
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _roi_align_full_precision(input: Tensor, boxes: BoxesArg, output_size: Tuple[int, int],
-                              spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
-    """:func:`roi_align` for float32/float64 ``input`` with autocast off: the arithmetic itself."""
-    ph_n, pw_n = output_size
-    rois = _as_rois(input, boxes, "roi_align")
     n, c, h, w = input.shape
-    k = rois.shape[0]
+    # Zeros for RoIs without samples (an empty box with aligned=True); the sum keeps it in the graph.
+    out = input.new_zeros((rois.shape[0], c, ph, pw)) + input[:0].sum()
 
-    geo = roi_align_geometry(rois, (ph_n, pw_n), spatial_scale, sampling_ratio, aligned)
-    if sampling_ratio > 0:
-        gh = gw = sampling_ratio
-    else:
-        gh = int(geo["grid_h"].max().clamp(min=1)) if k else 1
-        gw = int(geo["grid_w"].max().clamp(min=1)) if k else 1
-    ys, used_y = roi_align_sample_positions(geo["y_start"], geo["bin_h"], geo["grid_h"], ph_n, gh)
-    xs, used_x = roi_align_sample_positions(geo["x_start"], geo["bin_w"], geo["grid_w"], pw_n, gw)
-    iy, wy = _bilinear_axis(ys, used_y, geo["grid_h"], h)  # (K, PH, gh, 2)
-    ix, wx = _bilinear_axis(xs, used_x, geo["grid_w"], w)  # (K, PW, gw, 2)
+    cells = input.permute(0, 2, 3, 1)  # (N, H, W, C): one cell's channels are read together
+    geo = roi_align_geometry(rois, (ph, pw), spatial_scale, sampling_ratio, aligned)
+    grid = torch.stack([geo["grid_h"], geo["grid_w"]], dim=1).long()          # (K, 2) samples per bin
+    for gh, gw in sorted(set(map(tuple, grid.tolist()))):
+        if gh <= 0 or gw <= 0:
+            continue
+        idx = torch.where((grid[:, 0] == gh) & (grid[:, 1] == gw))[0]         # the RoIs with this grid
+        ys, _ = roi_align_sample_positions(geo["y_start"][idx], geo["bin_h"][idx], geo["grid_h"][idx], ph, gh)
+        xs, _ = roi_align_sample_positions(geo["x_start"][idx], geo["bin_w"][idx], geo["grid_w"][idx], pw, gw)
+        y0, y1, wy0, wy1 = _bilinear_axis(ys.reshape(len(idx), ph * gh, 1), h)   # (k, PH * gh, 1)
+        x0, x1, wx0, wx1 = _bilinear_axis(xs.reshape(len(idx), 1, pw * gw), w)   # (k, 1, PW * gw)
+        b = rois[idx, 0].long()[:, None, None]
 
-    # Every output bin is a weighted sum of feature cells: for each bin, all pairs
-    # (y-neighbour, x-neighbour) of its samples, E = (2 gh) * (2 gw) cells per bin.
-    batch = rois[:, 0].long()
-    row = (batch[:, None, None, None, None] * h + iy.reshape(k, ph_n, 1, 2 * gh, 1)) * w
-    pix = row + ix.reshape(k, 1, pw_n, 1, 2 * gw)                              # (K, PH, PW, 2gh, 2gw)
-    wgt = wy.reshape(k, ph_n, 1, 2 * gh, 1) * wx.reshape(k, 1, pw_n, 1, 2 * gw)
-    feat = input.permute(0, 2, 3, 1).reshape(n * h * w, c)                     # channels-last cells
-    e = 4 * gh * gw
-    out = _weighted_rows(feat, pix.reshape(k * ph_n * pw_n, e), wgt.reshape(k * ph_n * pw_n, e))
-    return out.view(k, ph_n, pw_n, c).permute(0, 3, 1, 2).contiguous()
+        def corner(yi: Tensor, xi: Tensor, weight: Tensor) -> Tensor:
+            # the C channels of cell (y, x) of every sample: (k, PH * gh, PW * gw, C), times its weight
+            return cells[b, yi, xi] * weight[..., None]
 
-
-def _weighted_rows(feat: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """``out[r] = sum_e weight[r, e] * feat[index[r, e]]``.
-
-    ``feat (M, C)``, ``index (R, E)`` int64 rows of ``feat``, ``weight (R, E)`` -> ``(R, C)``.
-
-    This is RoIAlign's only contact with the features, and it is *linear*: ``out = S @ feat``
-    with ``S`` an ``(R, M)`` matrix holding the bilinear weights (E non-zeros per row). Its
-    gradient is ``S^T @ grad_out``: each cell receives the weights of the samples that read it.
-
-    Written out, it is ``(feat[index] * weight[..., None]).sum(1)``, but that gathers an ``(R, E, C)``
-    buffer first (about 100 million numbers for Mask R-CNN's 512 RoIs x 7 x 7 bins x 16 cells x 256
-    channels). ``embedding_bag`` in ``"sum"`` mode with per-sample weights computes exactly this sum
-    ("bags" of E rows, weighted) without the buffer, in parallel; its backward is the ``S^T`` scatter.
-    tests/test_ops_roi.py checks it against the written-out sum.
-    """
-    return F.embedding_bag(index, feat, per_sample_weights=weight.to(feat.dtype), mode="sum")
-
-
-_default_roi_align = roi_align  # MultiScaleRoIAlign's argument named roi_align shadows the function
-
-
-# --------------------------------------------------------------------------------------------
-# Multi-scale RoIAlign for FPN
-# --------------------------------------------------------------------------------------------
-def infer_scale(feature_size: int, image_size: int) -> float:
-    """Stride of a feature map as a power of two: ``2 ** round(log2(feature_size / image_size))``.
-
-    A 200-row map of an 800-row image gives 0.25. Rounding absorbs the padding/ceil of strided convs.
-    """
-    return 2.0 ** round(math.log2(float(feature_size) / float(image_size)))
-
-
-def setup_scales(feature_shapes: Sequence[Sequence[int]],
-                 image_shapes: Sequence[Tuple[int, int]]) -> Tuple[List[float], int, int]:
-    """Scales of the pyramid levels and the FPN level range, as torchvision infers them.
-
-    Args:
-        feature_shapes: shapes of the level maps, e.g. ``[(2, 256, 200, 272), ...]`` (last two: H, W).
-        image_shapes: ``[(height, width), ...]`` of the (resized, unpadded) images in the batch.
-
-    Returns ``(scales, k_min, k_max)``: one scale per level, inferred from the feature height over
-    the largest image height (as torchvision does), and the levels ``k = -log2(scale)`` of the
-    first and last map (e.g. 2 and 5 for strides 4..32).
-    """
-    if len(image_shapes) == 0:
-        raise ValueError("image_shapes must not be empty")
-    max_h = max(int(s[0]) for s in image_shapes)
-    scales = [infer_scale(shape[-2], max_h) for shape in feature_shapes]
-    k_min = int(-math.log2(scales[0]))
-    k_max = int(-math.log2(scales[-1]))
-    return scales, k_min, k_max
-
-
-def map_levels(boxes_list: Sequence[Tensor], k_min: int, k_max: int, canonical_scale: int = 224,
-               canonical_level: int = 4, eps: float = 1e-6) -> Tensor:
-    """FPN eq. 1: ``k = floor(k0 + log2(sqrt(w * h) / 224))``, clamped to ``[k_min, k_max]``.
-
-    A 224 x 224 box goes to level ``k0 = 4`` (stride 16); each halving of the box size goes one
-    level finer. Args: ``boxes_list``: list of ``(L_i, 4)`` x1y1x2y2 boxes in image coordinates.
-    Returns ``(sum L_i,)`` int64 indices ``k - k_min`` into the list of level maps.
-    """
-    s = torch.sqrt(torch.cat([box_area(b) for b in boxes_list]))
-    # eps nudges boxes whose size is exactly a power-of-two multiple of 224 to the upper level.
-    k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(eps, dtype=s.dtype))
-    k = torch.clamp(k, min=k_min, max=k_max)
-    return k.to(torch.int64) - k_min
-
-
-class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign over a feature pyramid: each box is pooled from the level that suits its size.
-
-    Args:
-        featmap_names: which entries of the feature dict to pool from, e.g. ``["0", "1", "2", "3"]``.
-        output_size: ``int`` or ``(PH, PW)``.
-        sampling_ratio: as in :func:`roi_align`.
-        canonical_scale, canonical_level: the ``224`` and ``k0 = 4`` of FPN eq. 1.
-        roi_align: the kernel to call, with :func:`roi_align`'s signature; the model may pass
-            ``torchvision.ops.roi_align`` for speed (see ``mrcnn_lite.model.kernels``).
-
-    Unlike torchvision, the level scales are recomputed on every call from the current feature and
-    image sizes (torchvision caches them from the first batch, which is wrong when that batch had a
-    different shape: torchvision issue 3747). For same-size batches the numbers are identical.
-
-    Mixed precision: when autocast made the features float16/bfloat16, the RoIs stay float32 and the
-    features are cast up to float32 for the sampling (torchvision's kernel does the same cast inside);
-    the pooled result is cast back to the features' dtype, the dtype the heads compute in (and the only
-    one a ``.half()`` head without autocast accepts). Casting the *boxes* down instead would move them:
-    a 1333-px coordinate in float16 has a step of 1 px, in bfloat16 8 px. In float32/float64 every
-    cast here is a no-op.
-    """
-
-    def __init__(self, featmap_names: List[str], output_size, sampling_ratio: int, *,
-                 canonical_scale: int = 224, canonical_level: int = 4,
-                 roi_align: Optional[Callable[..., Tensor]] = None):
-        super().__init__()
-        self.featmap_names = list(featmap_names)
-        self.output_size = _pair(output_size, "MultiScaleRoIAlign")
-        self.sampling_ratio = sampling_ratio
-        self.canonical_scale = canonical_scale
-        self.canonical_level = canonical_level
-        self.roi_align = roi_align if roi_align is not None else _default_roi_align
-
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
-        """Args:
-            x: feature maps by name, each ``(N, C, H_l, W_l)`` (same C for all levels).
-            boxes: list of ``(L_i, 4)`` x1y1x2y2 boxes per image, in image coordinates.
-            image_shapes: ``[(height, width), ...]`` of the images before the backbone.
-        Returns: ``(sum L_i, C, PH, PW)``, rows in the order of the concatenated boxes.
-        """
-        missing = [name for name in self.featmap_names if name not in x]
-        if missing:
-            raise KeyError(f"MultiScaleRoIAlign: feature maps {missing} not in the input (have {list(x)})")
-        # Same order as torchvision: the dict's order, keeping the requested names.
-        feats = [v for name, v in x.items() if name in self.featmap_names]
-        scales, k_min, k_max = setup_scales([f.shape for f in feats], image_shapes)
-        out_dtype = feats[0].dtype                  # the heads' compute dtype (float16/bfloat16 under autocast)
-        dtype = box_dtype(out_dtype)                # RoIAlign samples in float32 (float64 stays float64)
-        feats = [f.to(dtype) for f in feats]
-        rois = boxes_to_rois([b.to(dtype) for b in boxes]) if len(boxes) else feats[0].new_zeros((0, 5))
-        rois = rois.to(feats[0].device)
-        kwargs = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio)
-        if len(feats) == 1:
-            return self.roi_align(feats[0], rois, spatial_scale=scales[0], **kwargs).to(out_dtype)
-
-        levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level).to(rois.device)
-        # Group the RoIs by level (a stable sort keeps their order within a level) and pool each group
-        # from its level. ``order.split(counts)`` gives each group's rows in the boxes' order.
-        order = torch.sort(levels, stable=True).indices
-        counts = torch.bincount(levels, minlength=len(feats)).tolist()  # one host sync for all levels
-        groups = order.split(counts)
-        pooled = [self.roi_align(feat, rois[idx], spatial_scale=scale, **kwargs).to(dtype)
-                  for feat, scale, idx in zip(feats, scales, groups)]
-        unpooled = sum(counts[len(feats):])  # levels without a map (a subset of names): zeros, like torchvision
-        if unpooled:
-            groups = (*groups[:len(feats)], torch.cat(groups[len(feats):]))
-            pooled.append(feats[0].new_zeros((unpooled, feats[0].shape[1]) + self.output_size))
-        if torch.is_grad_enabled() and any(p.requires_grad for p in pooled):
-            # Training: concatenate and gather the rows back into the boxes' order. Its backward is
-            # cheap: one scatter of the gradient, then views of it per level.
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(order.numel(), device=order.device)
-            return torch.cat(pooled).index_select(0, inverse).to(out_dtype)
-        # Inference: copy each group's rows straight to their places in one uninitialised tensor: one
-        # pass over the result (torchvision fills a zero tensor first; cat + gather would be two passes).
-        out = pooled[0].new_empty((rois.shape[0],) + pooled[0].shape[1:])
-        for idx, rows in zip(groups, pooled):
-            out.index_copy_(0, idx, rows)
-        return out.to(out_dtype)
-
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
-                f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})")
+        samples = (corner(y0, x0, wy0 * wx0) + corner(y0, x1, wy0 * wx1)
+                   + corner(y1, x0, wy1 * wx0) + corner(y1, x1, wy1 * wx1))
+        bins = samples.reshape(len(idx), ph, gh, pw, gw, c).sum(dim=(2, 4)) / (gh * gw)  # (k, PH, PW, C)
+        out[idx] = bins.permute(0, 3, 1, 2)
+    return out.to(out_dtype)

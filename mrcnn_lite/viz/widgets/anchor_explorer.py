@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ...model.anchors import AnchorGenerator
-from ...model.rpn import Matcher
+from ...model.matching import Matcher
 from ...ops import box_iou
 
 __all__ = ["anchor_view", "render_anchor_view", "AnchorExplorer"]

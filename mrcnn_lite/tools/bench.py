@@ -1,41 +1,44 @@
 """Side-by-side benchmark: mrcnn_lite's Mask R-CNN against torchvision's, in one process.
 
-    python -m mrcnn_lite bench [--device cpu|cuda] [--reps 5] [--json FILE] [--quick]
-                               [--compile [MODE]] [--fold-bn]
-    python -m mrcnn_lite.bench ...                          (the same, standalone)
+    python -m mrcnn_lite bench [--device cpu|cuda] [--kernels fast|reference|both] [--reps 5]
+                               [--json FILE] [--quick] [--compile [MODE]] [--fold-bn]
+    python -m mrcnn_lite.tools.bench ...                    (the same, standalone)
 
 Both models are ResNet-50-FPN Mask R-CNNs with the *same weights*: torchvision's is built as for the
-COCO checkpoint (``FrozenBatchNorm2d``), ours is ``ml.from_torchvision(tv)``. They see the same
+COCO checkpoint (``FrozenBatchNorm2d``), ours is ``ml.from_torchvision(tv, kernels=...)``, once per
+floor asked for (``--kernels``: ``fast``, the default; ``reference``; or ``both``). They see the same
 random inputs on the same device. Every measurement is a median over repetitions that are
 *interleaved* (ours, torchvision's, ours, ...) after a warm-up, so slow drifts of the machine (other
-processes, clock changes) hit both alike.
+processes, clock changes) hit all alike.
 
 What is measured:
 
 * ``train_step``      forward + backward + SGD step, batch 2 (800x1333 on CUDA, 320x480 on CPU)
 * ``train_step_amp``  the same under ``torch.autocast`` float16 with a GradScaler (CUDA only)
 * ``inference``       batch 1, eval mode, including pasting the masks into the image
-* ``roi_align``       the from-scratch ``mrcnn_lite.ops.roi_align`` (through ``MultiScaleRoIAlign``)
-                      against torchvision's compiled kernel, forward + backward, at the box head's sizes
+* ``roi_align``       ``MultiScaleRoIAlign`` with the reference ``mrcnn_lite.ops.roi_align`` and with
+                      ``mrcnn_lite.fast.roi_align``, against torchvision's, forward + backward, at the box
+                      head's sizes
 
 ``speedup = torchvision time / mrcnn_lite time`` (> 1: ours is faster). Before timing, the bench
-checks that both models give the same losses and the same detections: speed must never buy a
-different answer.
+checks that the models give the same losses and the same detections: speed must never buy a
+different answer. The table also lists the kernels each mrcnn_lite model actually called.
 
 Opt-in speed-ups of mrcnn_lite (off by default, so that the default table compares the plain models):
 
-* ``--compile [MODE]``  ``mrcnn_lite.model.mask_rcnn.compile_backbone``: ``torch.compile`` of the backbone and
-                        the RPN head (MODE: ``default``, ``reduce-overhead`` = CUDA graphs, ``max-autotune``).
+* ``--compile [MODE]``  ``mrcnn_lite.fast.compile_backbone``: ``torch.compile`` of the backbone and the RPN
+                        head (MODE: ``default``, ``reduce-overhead`` = CUDA graphs, ``max-autotune``).
                         Compilation happens during the agreement check and the (at least one) warm-up
                         round, before any timing.
-* ``--fold-bn``         ``mrcnn_lite.model.backbone.fold_frozen_bn`` for the inference measurement: frozen BN
-                        folded into the convolutions (the agreement check covers the folded model).
+* ``--fold-bn``         ``mrcnn_lite.fast.fold_frozen_bn`` for the inference measurement: frozen BN folded
+                        into the convolutions (the agreement check covers the folded model).
+
+This module lives in the package (not in ``benchmarks/``) so that the ``bench`` command works from an
+installed package; ``benchmarks/`` holds recorded results and the GPU check script.
 """
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import json
 import platform
 import statistics
@@ -44,7 +47,6 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
@@ -98,83 +100,6 @@ def _entry(ours: float, theirs: float, peak: Dict[str, Optional[float]], **extra
 
 
 # ----------------------------------------------------------------------------------------------------
-# host-device syncs, counted on any device
-# ----------------------------------------------------------------------------------------------------
-
-
-class HostSyncCounter(TorchFunctionMode):
-    """Counts the calls that make Python read a tensor's *data*, by kind: ``with HostSyncCounter() as c: ...``.
-
-    On a GPU each such read waits until every queued kernel has finished (a *host-device sync*), which
-    leaves the GPU idle while Python catches up. The reads are
-
-    * values: ``.item()``, ``.tolist()``, ``bool(t)`` (``if t.any():``), ``int(t)``, ``float(t)``, ``.cpu()``,
-      ``.numpy()``, ``torch.equal``;
-    * data-dependent sizes: ``torch.where(mask)``, ``nonzero``, ``unique``, ``masked_select``, ``x[bool_mask]``
-      and ``x[bool_mask] = tensor`` (``x[bool_mask] = 0`` is a ``masked_fill``: no read);
-    * NMS (torchvision's CUDA kernel copies its suppression mask to the host);
-    * ``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``: a host-to-device copy, which
-      also waits for the GPU unless the source is pinned memory.
-
-    The calls are the same on a CPU, where nothing waits, so counting them on a CPU predicts the syncs of a
-    GPU run -- a lower bound: reads inside C++ code are not seen, and neither are ``.to(device)`` copies;
-    and code that picks its path by device (mask pasting loops on a CPU) differs.
-    ``torch.nonzero_static(mask, size=n)`` (the size is given) is not a read. ``counts`` maps kind -> count.
-    """
-
-    VALUE_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "equal",
-                   "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select"}
-
-    def __init__(self):
-        super().__init__()
-        self.counts: "collections.Counter[str]" = collections.Counter()
-        self._paused = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @contextlib.contextmanager
-    def paused(self):
-        """Reads inside this block are not counted (e.g. to leave out a known NMS)."""
-        self._paused += 1
-        try:
-            yield
-        finally:
-            self._paused -= 1
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not self._paused:
-            kind = self._kind(func, args, kwargs)
-            if kind is not None:
-                self.counts[kind] += 1
-        return func(*args, **kwargs)
-
-    def _kind(self, func, args, kwargs) -> Optional[str]:
-        name = getattr(func, "__name__", "") or ""
-        if name in self.VALUE_READS:
-            return name
-        if name == "where" and len(args) + len(kwargs) == 1:
-            return "where(mask)"
-        if name == "__getitem__" and _has_bool_index(args[1]):
-            return "x[bool_mask]"
-        if name == "__setitem__" and _has_bool_index(args[1]) and isinstance(args[2], torch.Tensor) \
-                and args[2].numel() > 1:
-            return "x[bool_mask] = tensor"
-        if "nms" in (getattr(func, "_qualified_op_name", "") or ""):
-            return "nms"
-        if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
-            return f"torch.{name}(..., device=)"
-        return None
-
-
-def _has_bool_index(index) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
-
-
-# ----------------------------------------------------------------------------------------------------
 # the two models and their inputs
 # ----------------------------------------------------------------------------------------------------
 
@@ -203,30 +128,32 @@ def calibrate_frozen_bn(backbone: torch.nn.Module, image: torch.Tensor) -> None:
 
 
 def build_models(
-    device: torch.device, min_size: int, max_size: int, cls_scale: float = 0.335, seed: int = 0, **kwargs
+    device: torch.device, min_size: int, max_size: int, cls_scale: float = 0.335, seed: int = 0,
+    kernels: Tuple[str, ...] = ("fast",), **kwargs
 ):
-    """torchvision's Mask R-CNN R50-FPN (COCO layout, random weights) and ``ml.from_torchvision`` of it.
+    """torchvision's Mask R-CNN R50-FPN (COCO layout, random weights) and ``ml.from_torchvision`` of it,
+    one per floor in ``kernels`` (a dict ``{"fast": model, ...}``).
 
     ``cls_scale`` multiplies the class-score weights, to set how many detections pass the 0.05 score
     threshold (0.335 gives ~50 of at most 100 on the CPU inference image; the count is reported).
     Both models get the same change because ours copies torchvision's weights afterwards.
     """
-    from torchvision.models import resnet50
     from torchvision.models.detection import MaskRCNN as TVMaskRCNN
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
     import mrcnn_lite as ml
 
     torch.manual_seed(seed)
-    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=min_size, max_size=max_size, **kwargs)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3)
+    tv = TVMaskRCNN(backbone, num_classes=91, min_size=min_size, max_size=max_size, **kwargs)
     g = torch.Generator().manual_seed(seed + 1)
     calibrate_frozen_bn(tv.backbone.body, torch.randn(2, 3, min_size, max_size, generator=g))
     with torch.no_grad():
         tv.roi_heads.box_predictor.cls_score.weight.mul_(cls_scale)
     tv.to(device)
-    ours = ml.from_torchvision(tv)
+    ours = {name: ml.from_torchvision(tv, kernels=name) for name in kernels}
     return tv, ours
 
 
@@ -330,20 +257,20 @@ def roi_align_inputs(device, dtype=torch.float32, num_rois=512, channels=256, im
 def roi_align_benchmark(device, reps=10, warmup=2, num_rois=512, channels=256, image_hw=(800, 1088)) -> dict:
     """Time MultiScaleRoIAlign (7x7, sampling_ratio 2) with three kernels; forward and forward+backward.
 
-    Variants: ``mrcnn_lite`` (from-scratch roi_align), ``mrcnn_lite+tv`` (our module calling
-    torchvision's kernel: the model's fast path), ``torchvision`` (torchvision's module).
-    Returns ``{"median_s": {variant: {mode: s}}, "all_s": ..., "max_abs_diff_vs_tv": {variant: x}}``.
+    Variants: ``reference`` (``mrcnn_lite.ops.roi_align``), ``fast`` (``mrcnn_lite.fast.roi_align``),
+    ``torchvision`` (torchvision's module and kernel).
+    Returns ``{"median_s": {variant: {mode: s}}, "max_abs_diff_vs_tv": {variant: x}, ...}``.
     """
     import torchvision
 
-    from mrcnn_lite.ops import MultiScaleRoIAlign, roi_align
+    from mrcnn_lite import fast, ops
 
     device = torch.device(device)
     feats, boxes, shapes = roi_align_inputs(device, num_rois=num_rois, channels=channels, image_hw=image_hw)
     names = list(feats)
     variants = {
-        "mrcnn_lite": MultiScaleRoIAlign(names, 7, 2, roi_align=roi_align),
-        "mrcnn_lite+tv": MultiScaleRoIAlign(names, 7, 2, roi_align=torchvision.ops.roi_align),
+        "reference": ops.MultiScaleRoIAlign(names, 7, 2, roi_align=ops.roi_align),
+        "fast": ops.MultiScaleRoIAlign(names, 7, 2, roi_align=fast.roi_align),
         "torchvision": torchvision.ops.MultiScaleRoIAlign(names, 7, 2),
     }
     leaves = {k: v.detach().requires_grad_(True) for k, v in feats.items()}
@@ -399,38 +326,43 @@ def _model_kwargs(cfg: dict) -> dict:
 
 
 def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compile_mode: Optional[str] = None,
-                  fold_bn: bool = False) -> dict:
+                  fold_bn: bool = False, kernels: Tuple[str, ...] = ("fast",)) -> dict:
     """Everything: agreement check, train step (fp32, AMP), inference, roi_align. Returns the JSON dict.
 
+    ``kernels``: the floors of mrcnn_lite to time (``"fast"``, ``"reference"``); each gets its own rows in
+    ``result["floors"][name]``, and the first one's rows are also ``result["train_step"]`` etc.
     ``compile_mode``: ``None`` (no compilation) or a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``,
     ``"max-autotune"``) for ``compile_backbone``; ``fold_bn``: time inference with frozen BN folded into the convs.
     """
     import torchvision
 
-    from mrcnn_lite.model.backbone import fold_frozen_bn
-    from mrcnn_lite.model.mask_rcnn import compile_backbone
+    from mrcnn_lite.fast import compile_backbone, fold_frozen_bn
 
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench: --device cuda asked for, but CUDA is not available")
     cfg = sizes_for(device, quick)
-    tv, ours = build_models(device, cfg["min_size"], cfg["max_size"], **_model_kwargs(cfg))
+    tv, ours = build_models(device, cfg["min_size"], cfg["max_size"], kernels=tuple(kernels), **_model_kwargs(cfg))
     b, (h, w) = cfg["train_batch"], cfg["train_hw"]
     train_images, train_targets = make_batch(b, h, w, device, seed=1, objects=cfg["objects"])
     eval_images, _ = make_batch(1, *cfg["infer_hw"], device, seed=2)
 
-    ours_eval = fold_frozen_bn(ours) if fold_bn else ours  # inference only: training keeps the BN layers
+    # inference only: training keeps the BN layers
+    ours_eval = {k: (fold_frozen_bn(m) if fold_bn else m) for k, m in ours.items()}
     if compile_mode is not None:
         mode = None if compile_mode == "default" else compile_mode
-        compile_backbone(ours, mode=mode)
-        if ours_eval is not ours:
-            compile_backbone(ours_eval, mode=mode)
+        for k in ours:
+            compile_backbone(ours[k], mode=mode)
+            if ours_eval[k] is not ours[k]:
+                compile_backbone(ours_eval[k], mode=mode)
         log(f"bench: torch.compile (mode={compile_mode}) of mrcnn_lite's backbone and RPN head; "
             "the agreement check below compiles ...")
         warmup = max(warmup, 1)  # the first backward pass compiles the backward graph: never time it
 
-    log(f"bench: checking that both models agree ({device}) ...")
-    agreement = check_agreement(tv, ours, train_images, train_targets, eval_images, ours_eval)
+    agreement = {}
+    for k in ours:
+        log(f"bench: checking that mrcnn_lite ({k}) and torchvision agree ({device}) ...")
+        agreement[k] = check_agreement(tv, ours[k], train_images, train_targets, eval_images, ours_eval[k])
 
     # ---- train step ----
     def make_step(model, amp: bool):
@@ -452,23 +384,31 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compil
                 opt.step()
         return step
 
-    tv.train(), ours.train()
+    def rows(fns: Dict[str, Callable[[], object]], per_image: Optional[int] = None) -> Dict[str, dict]:
+        """Time ours (each floor) and torchvision's, interleaved; one row per floor."""
+        med, peak = interleaved_medians(fns, device, reps, warmup)
+        out = {}
+        for k in ours:
+            extra = {"images_per_s": {"mrcnn_lite": per_image / med[k], "torchvision": per_image / med["tv"]}} \
+                if per_image else {"detections": agreement[k]["detections"][0]}
+            out[k] = _entry(med[k], med["tv"], {"mrcnn_lite": peak[k], "torchvision": peak["tv"]}, **extra)
+        return out
+
+    tv.train()
+    for m in ours.values():
+        m.train()
     log(f"bench: train step, batch {b} x {h}x{w}, fp32 ...")
-    med, peak = interleaved_medians({"mrcnn_lite": make_step(ours, False), "torchvision": make_step(tv, False)},
-                                    device, reps, warmup)
-    train = _entry(med["mrcnn_lite"], med["torchvision"], peak,
-                   images_per_s={"mrcnn_lite": b / med["mrcnn_lite"], "torchvision": b / med["torchvision"]})
+    train = rows({**{k: make_step(m, False) for k, m in ours.items()}, "tv": make_step(tv, False)}, b)
     if device.type == "cuda":
         log("bench: train step, AMP (float16 autocast + GradScaler) ...")
-        med, peak = interleaved_medians({"mrcnn_lite": make_step(ours, True), "torchvision": make_step(tv, True)},
-                                        device, reps, warmup)
-        train_amp = _entry(med["mrcnn_lite"], med["torchvision"], peak,
-                           images_per_s={"mrcnn_lite": b / med["mrcnn_lite"], "torchvision": b / med["torchvision"]})
+        train_amp = rows({**{k: make_step(m, True) for k, m in ours.items()}, "tv": make_step(tv, True)}, b)
     else:
-        train_amp = {"skipped": "AMP (float16 autocast) is measured on CUDA only"}
+        train_amp = {k: {"skipped": "AMP (float16 autocast) is measured on CUDA only"} for k in ours}
 
     # ---- inference ----
-    tv.eval(), ours.eval(), ours_eval.eval()
+    tv.eval()
+    for m in ours_eval.values():
+        m.eval()
 
     def make_infer(model):
         def infer():
@@ -477,25 +417,27 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compil
         return infer
 
     log(f"bench: inference, batch 1 x {cfg['infer_hw'][0]}x{cfg['infer_hw'][1]}, masks pasted ...")
-    med, peak = interleaved_medians({"mrcnn_lite": make_infer(ours_eval), "torchvision": make_infer(tv)},
-                                    device, reps, warmup)
-    inference = _entry(med["mrcnn_lite"], med["torchvision"], peak, detections=agreement["detections"][0])
+    inference = rows({**{k: make_infer(m) for k, m in ours_eval.items()}, "tv": make_infer(tv)})
 
     # ---- roi_align ----
-    log("bench: roi_align, from scratch vs torchvision's kernel ...")
+    log("bench: roi_align, reference and fast vs torchvision's kernel ...")
     roi = roi_align_benchmark(device, reps=reps, warmup=warmup, num_rois=cfg["roi_rois"],
                               channels=cfg["roi_channels"], image_hw=cfg["roi_image"])
     m = roi["median_s"]
     roi_align = {
-        "mrcnn_lite_s": m["mrcnn_lite"]["forward+backward"],
-        "torchvision_s": m["torchvision"]["forward+backward"],
-        "speedup": m["torchvision"]["forward+backward"] / m["mrcnn_lite"]["forward+backward"],
-        "mode": "forward+backward",
-        "forward": {"mrcnn_lite_s": m["mrcnn_lite"]["forward"], "torchvision_s": m["torchvision"]["forward"]},
-        "mrcnn_lite+tv_kernel_s": m["mrcnn_lite+tv"]["forward+backward"],
-        "max_abs_diff_vs_tv": roi["max_abs_diff_vs_tv"],
+        k: {"mrcnn_lite_s": m[k]["forward+backward"], "torchvision_s": m["torchvision"]["forward+backward"],
+            "speedup": m["torchvision"]["forward+backward"] / m[k]["forward+backward"], "mode": "forward+backward",
+            "forward": {"mrcnn_lite_s": m[k]["forward"], "torchvision_s": m["torchvision"]["forward"]},
+            "max_abs_diff_vs_tv": roi["max_abs_diff_vs_tv"][k]}
+        for k in ("fast", "reference")
     }
 
+    floors = {k: {"train_step": train[k], "train_step_amp": train_amp[k], "inference": inference[k],
+                  "roi_align": roi_align[k], "agreement": agreement[k],
+                  # what the model called, recorded as it ran (the agreement check and timed runs)
+                  "kernels_used": ours[k].kernels_used()}
+              for k in ours}
+    first = floors[kernels[0]]
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
@@ -508,28 +450,16 @@ def run_benchmark(device="cpu", reps=5, warmup=1, quick=False, log=print, compil
             "min_size": cfg["min_size"], "max_size": cfg["max_size"], "reps": reps, "warmup": warmup,
             "quick": quick, "roi_align": f"{cfg['roi_rois']} RoIs, C={cfg['roi_channels']}, 7x7, "
                                          f"sampling_ratio 2, 4 levels, image {cfg['roi_image'][0]}x{cfg['roi_image'][1]}",
-            "use_torchvision_ops": bool(ours.cfg.use_torchvision_ops),
-            # which kernels the mrcnn_lite model called (model/kernels.py picks per device)
-            "mrcnn_lite_kernels": _kernels_used(ours.cfg.use_torchvision_ops, device),
+            "kernels": list(kernels),
             "mrcnn_lite_options": {"compile": compile_mode, "fold_bn": bool(fold_bn)},
         },
-        "agreement": agreement,
-        "train_step": train,
-        "train_step_amp": train_amp,
-        "inference": inference,
-        "roi_align": roi_align,
+        "floors": floors,
+        "agreement": first["agreement"],
+        "train_step": first["train_step"],
+        "train_step_amp": first["train_step_amp"],
+        "inference": first["inference"],
+        "roi_align": first["roi_align"],
     }
-
-
-def _kernels_used(use_torchvision_ops: bool, device: torch.device) -> Dict[str, str]:
-    from mrcnn_lite.model.kernels import kernels
-
-    k = kernels(use_torchvision_ops)
-    if k.name != "torchvision":
-        return {"roi_align": "mrcnn_lite", "nms": "mrcnn_lite"}
-    # roi_align_fastest: the from-scratch op on a CPU for the pooling (fixed sampling ratio)
-    ra = "mrcnn_lite (pooling), torchvision (mask targets)" if device.type == "cpu" else "torchvision"
-    return {"roi_align": ra, "nms": "torchvision"}
 
 
 def _loadavg() -> Tuple[float, ...]:
@@ -542,36 +472,38 @@ def _loadavg() -> Tuple[float, ...]:
 
 
 def format_table(result: dict) -> str:
-    """The results as a plain-text table."""
+    """The results as a plain-text table: one block per floor of mrcnn_lite."""
     c = result["config"]
     lines = [
         f"device={result['device']} torch={result['torch']} torchvision={result['torchvision']} "
         f"threads={result['threads']} load={result['load_average']} reps={c['reps']} (medians, interleaved)",
         f"train: {c['train']}   inference: {c['inference']}   roi_align: {c['roi_align']}",
     ]
-    if "mrcnn_lite_kernels" in c:
-        lines.append("mrcnn_lite kernels: " + ", ".join(f"{k} {v}" for k, v in c["mrcnn_lite_kernels"].items()))
     opts = c.get("mrcnn_lite_options", {})
     if opts.get("compile") or opts.get("fold_bn"):
         lines.append(f"mrcnn_lite options: compile={opts.get('compile')} (backbone + RPN head), "
                      f"fold_bn={opts.get('fold_bn')} (inference)")
-    lines.append(f"{'measurement':<18}{'mrcnn_lite':>12}{'torchvision':>13}{'speedup':>9}{'peak MiB (ours/tv)':>22}")
-    for key in ("train_step", "train_step_amp", "inference", "roi_align"):
-        row = result[key]
-        if "skipped" in row:
-            lines.append(f"{key:<18}{'skipped: ' + row['skipped']}")
-            continue
-        peak = row.get("peak_mem_mib", {})
-        mem = f"{peak.get('mrcnn_lite', 'n/a')}/{peak.get('torchvision', 'n/a')}" if peak else "n/a"
-        lines.append(f"{key:<18}{row['mrcnn_lite_s'] * 1e3:>10.1f}ms{row['torchvision_s'] * 1e3:>11.1f}ms"
-                     f"{row['speedup']:>8.2f}x{mem:>22}")
-    a = result["agreement"]
-    d = a["detections_max_abs_diff"]
-    lines.append(
-        f"agreement: {'OK' if a['ok'] else 'FAILED'}  losses max|diff|={a['losses_max_abs_diff']:.2e}  "
-        f"detections {a['detections']} same count={a['same_number_of_detections']} labels equal={a['labels_equal']}  "
-        f"max|diff| boxes={d['boxes']:.2e} scores={d['scores']:.2e} masks={d['masks']:.2e}"
-    )
+    for name, floor in result["floors"].items():
+        lines.append(f"-- mrcnn_lite kernels={name!r}; called: "
+                     + "; ".join(f"{op} {impl}" for op, impl in floor["kernels_used"].items()))
+        lines.append(f"{'measurement':<18}{'mrcnn_lite':>12}{'torchvision':>13}{'speedup':>9}{'peak MiB (ours/tv)':>22}")
+        for key in ("train_step", "train_step_amp", "inference", "roi_align"):
+            row = floor[key]
+            if "skipped" in row:
+                lines.append(f"{key:<18}{'skipped: ' + row['skipped']}")
+                continue
+            peak = row.get("peak_mem_mib", {})
+            mem = f"{peak.get('mrcnn_lite', 'n/a')}/{peak.get('torchvision', 'n/a')}" if peak else "n/a"
+            lines.append(f"{key:<18}{row['mrcnn_lite_s'] * 1e3:>10.1f}ms{row['torchvision_s'] * 1e3:>11.1f}ms"
+                         f"{row['speedup']:>8.2f}x{mem:>22}")
+        a = floor["agreement"]
+        d = a["detections_max_abs_diff"]
+        lines.append(
+            f"agreement: {'OK' if a['ok'] else 'FAILED'}  losses max|diff|={a['losses_max_abs_diff']:.2e}  "
+            f"detections {a['detections']} same count={a['same_number_of_detections']} "
+            f"labels equal={a['labels_equal']}  "
+            f"max|diff| boxes={d['boxes']:.2e} scores={d['scores']:.2e} masks={d['masks']:.2e}"
+        )
     lines.append("speedup = torchvision time / mrcnn_lite time (> 1: mrcnn_lite is faster)")
     return "\n".join(lines)
 
@@ -584,6 +516,8 @@ def format_table(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` command's options (``python -m mrcnn_lite bench --help``)."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
+    parser.add_argument("--kernels", default="fast", choices=["fast", "reference", "both"],
+                        help="which floor of mrcnn_lite to time (both: fast and reference, in one run)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per model (medians are reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
@@ -602,17 +536,20 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    choice = getattr(args, "kernels", "fast")
+    kernels = ("fast", "reference") if choice == "both" else (choice,)
     result = run_benchmark(args.device, reps=args.reps, warmup=args.warmup, quick=args.quick, log=log,
-                           compile_mode=getattr(args, "compile", None), fold_bn=getattr(args, "fold_bn", False))
+                           compile_mode=getattr(args, "compile", None), fold_bn=getattr(args, "fold_bn", False),
+                           kernels=kernels)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
-    return 0 if result["agreement"]["ok"] else 1
+    return 0 if all(f["agreement"]["ok"] for f in result["floors"].values()) else 1
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrcnn_lite.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mrcnn_lite.tools.bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

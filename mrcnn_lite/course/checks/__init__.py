@@ -1,0 +1,34 @@
+"""Exercise checkers: compare a learner's function with the package's reference.
+
+Every exercise in the notebooks is followed by a check cell such as::
+
+    from mrcnn_lite.course import checks
+    checks.check_box_iou(my_box_iou, points=2)
+
+The engine (running, comparing, reporting, falling back to the reference) is in :mod:`.engine`; the
+checkers of each notebook are in their own module, ``nb01_boxes`` ... ``nb12_own_data``, and are
+imported here so that a notebook needs only ``checks.<name>``. Three kinds of exercise:
+
+* build: write a fully specified function (``check_box_iou``, ``check_paste_mask``, ...);
+* debugging lab (``check_<...>_lab``): a component with a planted bug is handed out; the learner finds
+  the bug with the notebook's pictures and fixes it; graded on random inputs *and* on real tensors of a
+  briefly trained model (:mod:`mrcnn_lite.course.lab_case`);
+* predict-then-run (``check_prediction``): a number or a choice written before the cell that computes it.
+"""
+from .engine import RESULTS, CheckResult, check_prediction, compare, or_reference, run_check, run_parts
+from .nb01_boxes import check_box_iou, check_decode_lab, check_encode, check_nms, reference_decode, reference_encode
+from .nb02_backbone import check_bottleneck, check_frozen_bn_lab, reference_frozen_bn
+from .nb03_fpn import check_fpn_top_down, reference_fpn_top_down
+from .nb04_anchors import check_base_anchors, check_grid_anchors, reference_grid_anchors
+from .nb05_rpn import check_flatten_head_lab, check_rpn_loss, reference_flatten_head, reference_rpn_loss
+from .nb06_roi import (check_bilinear, check_level_lab, check_roi_align_one_box, reference_bilinear,
+                       reference_level_for_boxes, reference_roi_align_one_box)
+from .nb07_box_head import (check_decode_class_boxes, check_fastrcnn_loss, check_sample_balanced,
+                            check_training_proposals_lab, reference_decode_class_boxes, reference_fastrcnn_loss,
+                            reference_training_proposals)
+from .nb08_mask_head import check_mask_loss_lab, check_mask_targets, reference_mask_loss, reference_mask_targets
+from .nb09_mask_rcnn import check_paste_mask, reference_paste_mask
+from .nb10_training import (check_lr_at, check_train_step_accumulate, reference_lr_at, reference_train_step,
+                            reference_train_step_accumulate)
+from .nb11_evaluation import check_coco_ap, coco_ap_by_pycocotools, reference_coco_ap
+from .nb12_own_data import check_rle_decode, reference_rle_decode, rle_counts

@@ -1,0 +1,159 @@
+"""The second stage: classify each proposal, refine its box, and predict its mask.
+
+``RoIHeads`` runs the box branch (``box_head.py``: RoIAlign 7x7 -> TwoMLPHead -> FastRCNNPredictor) and the
+mask branch (``mask_head.py``: RoIAlign 14x14 -> MaskRCNNHeads -> MaskRCNNPredictor) on the RPN's
+proposals. In training it first picks the RoIs to learn from (``box_head.select_training_samples``,
+with ``matching.py``'s Matcher and sampler) and returns the three losses of the second stage; at test
+time it returns the detections. Attribute names follow torchvision's ``RoIHeads``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops import BoxCoder, box_dtype
+from .box_head import fastrcnn_loss, postprocess_detections, select_training_samples
+from .mask_head import maskrcnn_inference, maskrcnn_loss
+from .matching import BalancedPositiveNegativeSampler, Matcher
+
+
+class RoIHeads(nn.Module):
+    """The second stage: box classification/regression and masks for the RPN's proposals.
+
+    Attribute names are torchvision's (``box_roi_pool``, ``box_head``, ``box_predictor``,
+    ``mask_roi_pool``, ``mask_head``, ``mask_predictor``, ``proposal_matcher``, ``fg_bg_sampler``,
+    ``box_coder``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``).
+
+    ``forward(features, proposals, image_shapes, targets=None, intermediates=None)``:
+        features:     OrderedDict of FPN maps ``(B, C, H_l, W_l)``
+        proposals:    list of B ``(P_i, 4)`` boxes in resized-image pixels
+        image_shapes: list of B ``(h, w)`` resized image sizes
+        targets:      in training, B dicts with ``boxes (n_i, 4)``, ``labels (n_i,)``, ``masks (n_i, h, w)``
+        intermediates: optional dict, filled with the branch's inner results (for the notebooks)
+    ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call.
+    Returns ``(result, losses)``: in eval, B dicts ``boxes, labels, scores, masks (m, 1, 28, 28)``; in
+    training, ``{"loss_classifier", "loss_box_reg", "loss_mask"}``.
+    """
+
+    def __init__(
+        self,
+        box_roi_pool: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        bbox_reg_weights: Optional[Tuple[float, float, float, float]],
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+        mask_roi_pool: Optional[nn.Module] = None,
+        mask_head: Optional[nn.Module] = None,
+        mask_predictor: Optional[nn.Module] = None,
+        batched_nms: Callable = ops.batched_nms,
+        roi_align: Callable = ops.roi_align,
+    ):
+        super().__init__()
+        # Box branch training: IoU >= fg -> positive, < bg -> background, and no low-quality matches
+        # (the GT boxes themselves are added to the proposals, so every GT has a perfect positive).
+        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(bbox_reg_weights if bbox_reg_weights is not None else (10.0, 10.0, 5.0, 5.0))
+
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+
+        self.mask_roi_pool = mask_roi_pool
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+
+        self.batched_nms = batched_nms  # the kernels the model's cfg.kernels picks (see kernels.py)
+        self.roi_align = roi_align      # resamples the GT masks for the mask targets
+
+    def has_mask(self) -> bool:
+        return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    def forward(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+        targets: Optional[List[Dict[str, Tensor]]] = None,
+        intermediates: Optional[Dict[str, Any]] = None,
+    ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+        inter = intermediates if intermediates is not None else {}
+        if self.training:
+            if targets is None:
+                raise ValueError("RoIHeads: targets must be given in training mode")
+            proposals, matched_idxs, labels, regression_targets = select_training_samples(
+                proposals,
+                [t["boxes"] for t in targets],
+                [t["labels"] for t in targets],
+                self.proposal_matcher,
+                self.fg_bg_sampler,
+                self.box_coder,
+            )
+            inter.update(sampled_proposals=proposals, matched_idxs=matched_idxs, labels=labels,
+                         regression_targets=regression_targets)
+
+        # ---- box branch ----
+        box_features = self.box_roi_pool(features, proposals, image_shapes)  # (R, C, 7, 7)
+        box_features = self.box_head(box_features)                           # (R, representation)
+        class_logits, box_regression = self.box_predictor(box_features)     # (R, K), (R, K * 4)
+        # Under autocast the fc layers return float16/bfloat16; softmax, box decoding, NMS and the losses
+        # run in float32 (ops.box_dtype). A no-op for a float32 or float64 model.
+        class_logits = class_logits.to(box_dtype(class_logits.dtype))
+        box_regression = box_regression.to(box_dtype(box_regression.dtype))
+        inter.update(box_features=box_features, class_logits=class_logits, box_regression=box_regression)
+
+        result: List[Dict[str, Tensor]] = []
+        losses: Dict[str, Tensor] = {}
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        else:
+            boxes, scores, det_labels = postprocess_detections(
+                class_logits, box_regression, proposals, image_shapes, self.box_coder,
+                self.score_thresh, self.nms_thresh, self.detections_per_img, self.batched_nms,
+            )
+            result = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, det_labels, scores)]
+
+        if not self.has_mask():
+            return result, losses
+
+        # ---- mask branch ----
+        if self.training:
+            # Only positive RoIs get a mask loss; their *proposal* boxes (not the GT boxes) crop the GT
+            # masks, so that the target lines up with what the mask head saw.
+            mask_proposals, pos_matched_idxs = [], []
+            for p, m, lab in zip(proposals, matched_idxs, labels):
+                pos = torch.where(lab > 0)[0]
+                mask_proposals.append(p[pos])
+                pos_matched_idxs.append(m[pos])
+        else:
+            mask_proposals = [r["boxes"] for r in result]  # at test time: the final detections
+
+        mask_features = self.mask_roi_pool(features, mask_proposals, image_shapes)  # (P, C, 14, 14)
+        mask_features = self.mask_head(mask_features)
+        mask_logits = self.mask_predictor(mask_features)                             # (P, K, 28, 28)
+        mask_logits = mask_logits.to(box_dtype(mask_logits.dtype))  # loss and probabilities in float32
+        inter.update(mask_proposals=mask_proposals, mask_logits=mask_logits)
+
+        if self.training:
+            losses["loss_mask"] = maskrcnn_loss(
+                mask_logits, mask_proposals,
+                [t["masks"] for t in targets], [t["labels"] for t in targets], pos_matched_idxs,
+                self.roi_align,
+            )
+        else:
+            for mask_prob, r in zip(maskrcnn_inference(mask_logits, [r["labels"] for r in result]), result):
+                r["masks"] = mask_prob
+        return result, losses
