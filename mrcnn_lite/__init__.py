@@ -4,6 +4,7 @@
     model = ml.maskrcnn_resnet50_fpn(num_classes=2)    # torchvision's builder: v1 architecture, its keywords
     model = ml.build_model(ml.config.tiny(num_classes=4))
     model = ml.load_checkpoint("runs/demo/checkpoint.pt")  # a trained model, rebuilt from its config
+    model = ml.load_course_model()           # the shipped trained course model (float32, eval mode)
 
 ``cfg.kernels`` picks the floor a model runs on: ``"reference"`` (the plain code in ``ops`` and ``model``)
 or ``"fast"`` (the default: ``mrcnn_lite.fast``); both give the same numbers.
@@ -23,3 +24,18 @@ def load_checkpoint(path, map_location="cpu"):
     """
     from .engine.checkpoint import load_checkpoint as load
     return load(path, map_location=map_location)
+
+
+def load_course_model(path=None, map_location="cpu"):
+    """``mrcnn_lite.pretrained.load_course_model``: the shipped trained course model, float32, eval mode.
+
+    Imported when called, like ``load_checkpoint``.
+    """
+    from .pretrained import load_course_model as load
+    return load(path, map_location=map_location)
+
+
+def course_model_info(path=None):
+    """``mrcnn_lite.pretrained.course_model_info``: the shipped file's config, metrics and training history."""
+    from .pretrained import course_model_info as info
+    return info(path)

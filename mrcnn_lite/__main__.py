@@ -6,6 +6,8 @@ Commands:
     evaluate  COCO box and mask AP of a checkpoint on a COCO-format dataset
     predict   run a checkpoint on image files; write overlays (PNG) and detections (JSON)
     shapes    generate the synthetic shapes data, export it as COCO (train + val), draw a sample grid
+    export    turn a training checkpoint into the small shipped inference file (float16 weights,
+              config, held-out metrics, training history)
     bench     speed benchmarks against torchvision (see ``mrcnn_lite.tools.bench``)
 
     python -m mrcnn_lite train --config tiny-shapes --out runs/demo
@@ -580,6 +582,40 @@ def cmd_predict(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- export
+
+
+def add_export_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="make the small shipped inference file from a training checkpoint",
+        description="Keep a training checkpoint's weights (as float16), config, meta and training history, "
+                    "drop the optimizer and random states, measure COCO AP of the float16 weights on a "
+                    "fresh shapes split (ShapesDataset(--num-eval, seed=--eval-seed)), and write it all "
+                    "atomically to --out. Load the result with mrcnn_lite.load_course_model(path).")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
+    p.add_argument("--out", required=True, type=Path, help="file to write (e.g. data/checkpoints/tiny_shapes.pt)")
+    p.add_argument("--eval-seed", type=int, default=99,
+                   help="seed of the held-out shapes split (default 99); -1: do not evaluate")
+    p.add_argument("--num-eval", type=int, default=100, help="held-out images (default 100)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .pretrained import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out, eval_seed=None if args.eval_seed < 0 else args.eval_seed,
+                                num_eval=args.num_eval, threads=args.threads, verbose=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    held = out["metrics"]["heldout"]
+    if held is not None:
+        _print_ap(held, f"held-out {held['dataset']}:")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- bench
 
 
@@ -609,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(subparsers)
     add_predict_parser(subparsers)
     add_shapes_parser(subparsers)
+    add_export_parser(subparsers)
     add_bench_parser(subparsers)
     return parser
 
