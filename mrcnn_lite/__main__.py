@@ -9,6 +9,7 @@ Commands:
     export    turn a training checkpoint into the small shipped inference file (float16 weights,
               config, held-out metrics, training history)
     bench     speed benchmarks against torchvision (see ``mrcnn_lite.tools.bench``)
+    ablate    the paper's Table 2 ablations on the shapes data (see ``mrcnn_lite.experiments.ablations``)
 
     python -m mrcnn_lite train --config tiny-shapes --out runs/demo
     python -m mrcnn_lite evaluate --checkpoint runs/demo/checkpoint.pt \
@@ -45,6 +46,8 @@ TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, o
 # little, because the step's time goes mostly to the RoI heads, whose inputs are 7x7 and 14x14 whatever
 # the image size (0.16 -> 0.17 s per step). Predictions come back at the input images' own size.
 TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
+# Steps per run of `ablate`: each variant trains this long with the course recipe's settings.
+ABLATION_STEPS = 1000
 
 
 # ----------------------------------------------------------------------------------- argument types
@@ -286,7 +289,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
     p.add_argument("--clip-grad-norm", type=NON_NEGATIVE_FLOAT, default=10.0, help="gradient clipping (0: off)")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA only)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
@@ -372,6 +375,9 @@ def cmd_train(args) -> int:
                 cfg = cfg.replace(trainable_layers=5, norm="bn")
                 print("note: no --weights, so ResNet-50 trains from scratch (norm=bn, all layers)")
 
+    if args.amp == "fp16" and device.type != "cuda":
+        raise SystemExit(f"error: argument --amp: fp16 needs a CUDA device, this run is on {device.type}; "
+                         "use --amp bf16")
     torch.manual_seed(args.seed)
     model = build_model(cfg)
     if args.weights is not None:
@@ -632,6 +638,56 @@ def cmd_bench(args) -> int:
     return int(bench.run(args) or 0)
 
 
+# ----------------------------------------------------------------------------------- ablate
+
+
+def _table_keys(text: str) -> list:
+    from .experiments.ablations import TABLES
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in TABLES]
+    if not keys or unknown:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of {', '.join(TABLES)}; got {text!r}")
+    return keys
+
+
+_table_keys.__name__ = "rows"
+
+
+def add_ablate_parser(subparsers) -> None:
+    from .experiments.ablations import TABLES
+    p = subparsers.add_parser(
+        "ablate", help="the paper's Table 2 ablations on the shapes data",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train every variant of the chosen rows with the course recipe, the same steps, seeds and "
+                    "training images; evaluate each on the same held-out shapes split with COCO AP; write "
+                    "OUT/ablations.json (after every run; a rerun continues) and OUT/ablations.md (mean and "
+                    "spread over the seeds). Rows: " + "; ".join(f"{k}: {t}" for k, (t, _) in TABLES.items()))
+    p.add_argument("--rows", type=_table_keys, default=list(TABLES), help="comma-separated table keys")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=2, help="seeds per variant (0, 1, ...)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=ABLATION_STEPS, help="training steps per run")
+    p.add_argument("--num-heldout", type=POSITIVE_INT, default=100, help="held-out images (seed 99)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args) -> int:
+    import torch
+    from .experiments.ablations import run_grid
+
+    _check_out_dir(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = {k: v for k, v in TINY_SHAPES_RECIPE.items() if k not in ("num_train", "num_val", "epochs")}
+    try:
+        result = run_grid(args.rows, list(range(args.seeds)), args.steps, args.out, recipe, args.num_heldout)
+    except ValueError as e:
+        raise SystemExit(f"error: {_one_line(e)}")
+    print((args.out / "ablations.md").read_text())
+    print(f"wrote {args.out / 'ablations.json'} and {args.out / 'ablations.md'} ({result['wall_seconds']:.0f} s)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -647,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_shapes_parser(subparsers)
     add_export_parser(subparsers)
     add_bench_parser(subparsers)
+    add_ablate_parser(subparsers)
     return parser
 
 

@@ -172,6 +172,35 @@ def test_bad_trainer_options():
         Trainer(ToyDetector(), ToyData(), _cfg(optimizer="adam"), "x")
     with pytest.raises(ValueError, match="amp"):
         Trainer(ToyDetector(), ToyData(), _cfg(amp="fp8"), "x")
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        Trainer(ToyDetector(), ToyData(), _cfg(amp="fp16"), "x")
+
+
+def test_bf16_autocast_runs_on_the_cpu(tmp_path):
+    """amp='bf16' on the CPU: the forward's matrix products run in bfloat16, the weights stay float32."""
+    seen = []
+    model = _fresh_model(p_drop=0.0)
+    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    t = Trainer(model, ToyData(), _cfg(epochs=1, amp="bf16"), tmp_path)
+    t.fit()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert model.fc.weight.dtype == torch.float32
+
+
+def test_eval_every_steps_records_ap_during_the_epoch(tmp_path):
+    calls = []
+
+    def evaluate_fn(model, val_set):
+        calls.append(model.training)
+        model.eval()  # as engine.evaluate does
+        return {"bbox": {"AP": 0.1 * len(calls)}}
+
+    t = Trainer(_fresh_model(), ToyData(n=12), _cfg(epochs=2, batch_size=2, eval_every=1, eval_every_steps=4),
+                tmp_path, val_set=ToyData(2), evaluate_fn=evaluate_fn)
+    hist = t.fit()
+    # 6 steps an epoch: mid-epoch at steps 4 and 8 (12 is the end of epoch 2), and each epoch's end
+    assert [(r["epoch"], r["step"]) for r in hist["eval"]] == [(1, 4), (1, 6), (2, 8), (2, 12)]
+    assert calls == [True] * 4  # each evaluation found the model back in training mode
 
 
 def test_adamw_and_grad_clipping_train(tmp_path):

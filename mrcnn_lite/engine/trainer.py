@@ -64,8 +64,9 @@ class TrainConfig:
     step_milestones: Tuple[float, ...] = (0.75, 0.9)  # "step": fractions of all iterations
     gamma: float = 0.1                  # "step": lr multiplier at each milestone
     clip_grad_norm: Optional[float] = None
-    amp: str = "off"                    # "off", "bf16" or "fp16" (CUDA only)
+    amp: str = "off"                    # "off", "bf16" (CPU or CUDA) or "fp16" (CUDA only)
     eval_every: int = 1                 # epochs between evaluations (0: never)
+    eval_every_steps: int = 0           # also evaluate every this many steps (0: only at epoch ends)
     save_every: int = 0                 # steps between checkpoints (0: only at epoch ends and the end)
     seed: int = 0
     num_workers: int = 0
@@ -241,8 +242,11 @@ class Trainer:
         self.total_iters = self.iters_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.total_iters, self.cfg))
-        use_amp = cfg.amp != "off" and self.device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if use_amp else None
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            # fp16 needs loss scaling and fast fp16 kernels, which only CUDA has; bf16 runs anywhere
+            raise ValueError(f"amp='fp16' needs a CUDA device (this run is on {self.device.type}); "
+                             "use amp='bf16' or 'off'")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.epoch = 0          # epochs completed
@@ -319,6 +323,8 @@ class Trainer:
             self.epoch_samples += self.cfg.batch_size
             self.history["train"].append({"epoch": self.epoch + 1, "step": self.global_step,
                                           "lr": self.optimizer.param_groups[0]["lr"], **losses})
+            if self._eval_due():
+                self.evaluate_now()
             bar.update()
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in losses.items()})
         bar.close()
@@ -326,6 +332,20 @@ class Trainer:
         self.epoch_samples = 0
         rows = [r for r in self.history["train"] if r["epoch"] == self.epoch]
         return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("loss")} if rows else {}
+
+    def _eval_due(self) -> bool:
+        """Mid-epoch evaluation every ``eval_every_steps`` steps (the epoch's own end is evaluated by ``fit``)."""
+        n = self.cfg.eval_every_steps
+        return bool(n and self.evaluate_fn is not None and self.rank == 0 and self.global_step % n == 0
+                    and self.global_step % self.iters_per_epoch != 0)
+
+    def evaluate_now(self) -> dict:
+        """Evaluate on the validation set, record it in ``history["eval"]`` with the step, and go on training."""
+        result = self.evaluate_fn(self.model, self.val_set)
+        self.model.train()
+        self.history["eval"].append({"epoch": self.epoch + (self.epoch_samples > 0), "step": self.global_step,
+                                     **result})
+        return result
 
     # ----------------------------------------------------------------- the run
     def fit(self, resume: bool = False, until_epoch: Optional[int] = None) -> Dict[str, List[dict]]:
@@ -351,8 +371,7 @@ class Trainer:
             if self.evaluate_fn is not None and self.cfg.eval_every and (
                     self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
                 if self.rank == 0:
-                    record["eval"] = self.evaluate_fn(self.model, self.val_set)
-                    self.history["eval"].append({"epoch": self.epoch, **record["eval"]})
+                    record["eval"] = self.evaluate_now()
             if self.rank == 0:
                 self.write_metrics()
                 if self.cfg.progress:

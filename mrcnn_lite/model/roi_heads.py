@@ -40,7 +40,9 @@ class RoIHeads(nn.Module):
 
     torchvision's methods are here too (``add_gt_proposals``, ``assign_targets_to_proposals``, ``subsample``,
     ``check_targets``, ``select_training_samples``, ``postprocess_detections``, ``has_mask``,
-    ``has_keypoint``), each calling the function of ``box_head.py`` that does the work.
+    ``has_keypoint``), each calling the function of ``box_head.py`` that does the work, and two of the
+    mask branch (``mask_loss``, ``mask_probabilities``). The paper's ablations (``mrcnn_lite.experiments``)
+    swap a part by overriding one of these methods in a subclass.
     Returns ``(result, losses)``: in eval, B dicts ``boxes, labels, scores, masks (m, 1, 28, 28)``; in
     training, ``{"loss_classifier", "loss_box_reg", "loss_mask"}``.
     """
@@ -140,6 +142,17 @@ class RoIHeads(nn.Module):
         return postprocess_detections(class_logits, box_regression, proposals, image_shapes, self.box_coder,
                                       self.score_thresh, self.nms_thresh, self.detections_per_img, self.batched_nms)
 
+    # ---- the mask branch's loss and output (the paper's per-class sigmoid; mask_head.py) ----
+    def mask_loss(self, mask_logits: Tensor, mask_proposals: List[Tensor], targets: List[Dict[str, Tensor]],
+                  pos_matched_idxs: List[Tensor]) -> Tensor:
+        """BCE on the GT class's channel, targets cropped with the positive proposals (``maskrcnn_loss``)."""
+        return maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                             [t["labels"] for t in targets], pos_matched_idxs, self.roi_align)
+
+    def mask_probabilities(self, mask_logits: Tensor, labels: List[Tensor]) -> List[Tensor]:
+        """The predicted class's channel through a sigmoid, per image ``(m_i, 1, M, M)`` (``maskrcnn_inference``)."""
+        return maskrcnn_inference(mask_logits, labels)
+
     def forward(
         self,
         features: Dict[str, Tensor],
@@ -198,12 +211,8 @@ class RoIHeads(nn.Module):
         inter.update(mask_proposals=mask_proposals, mask_logits=mask_logits)
 
         if self.training:
-            losses["loss_mask"] = maskrcnn_loss(
-                mask_logits, mask_proposals,
-                [t["masks"] for t in targets], [t["labels"] for t in targets], pos_matched_idxs,
-                self.roi_align,
-            )
+            losses["loss_mask"] = self.mask_loss(mask_logits, mask_proposals, targets, pos_matched_idxs)
         else:
-            for mask_prob, r in zip(maskrcnn_inference(mask_logits, [r["labels"] for r in result]), result):
+            for mask_prob, r in zip(self.mask_probabilities(mask_logits, [r["labels"] for r in result]), result):
                 r["masks"] = mask_prob
         return result, losses

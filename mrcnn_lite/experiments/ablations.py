@@ -1,0 +1,177 @@
+"""The paper's Table 2 on the shapes data: train every variant with the same budget, seeds and data.
+
+    python -m mrcnn_lite ablate [--rows b,c,d,e,targets,gt] [--seeds 2] [--steps N] --out DIR
+
+Every run trains the course model (``TINY_SHAPES_MODEL``) with the course recipe on the same generated
+training images, for the same number of steps, changed in one part (``variants.py``); a seed sets the
+weight initialisation and the order of the images. Each run is evaluated with COCO AP (pycocotools) on the
+same held-out split (``ShapesDataset(num_heldout, seed=99)``, images no run trained on). Results go to
+``DIR/ablations.json`` after every run (atomically; a rerun skips the runs already there, so an interrupted
+grid loses at most one run) and ``DIR/ablations.md`` (mean ± sample standard deviation over the seeds).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .. import config as C
+from ..data import CLASSES, ShapesDataset
+from ..engine.checkpoint import atomic_write_text
+from ..engine.coco_eval import evaluate
+from ..engine.trainer import TrainConfig, Trainer
+from ..model.mask_rcnn import build_model
+from . import variants as V
+
+HELDOUT_SEED = 99    # the held-out split of `make demo` and the shipped course model
+DATA_SEED = 0        # the training images: the same for every run
+
+
+def _baseline(model: nn.Module) -> nn.Module:
+    return model
+
+
+def _roi_warp(model: nn.Module, levels=None) -> nn.Module:
+    return V.set_poolers(model, V.make_roi_warp_kernel(model.kernels.roi_align), levels)
+
+
+# variant name -> (what it is, how to build it from the paper model)
+VARIANTS: Dict[str, Tuple[str, Callable[[nn.Module], nn.Module]]] = {
+    "paper": ("the paper's model: per-class sigmoid, RoIAlign on FPN levels, FCN mask head, targets "
+              "cropped with the RoI, GT boxes among the proposals", _baseline),
+    "softmax": ("per-pixel softmax over the classes (multinomial)",
+                lambda m: V.use_heads(m, V.SoftmaxMaskRoIHeads)),
+    "agnostic": ("class-agnostic sigmoid (one mask channel)", V.class_agnostic_masks),
+    "roipool": ("RoIPool (quantised box and bins, max)", lambda m: V.set_poolers(m, V.roi_pool_kernel)),
+    "roiwarp": ("RoIWarp (quantised box, bilinear bins)", _roi_warp),
+    "p4_roipool": ("RoIPool, every RoI from P4 (stride 16)",
+                   lambda m: V.set_poolers(m, V.roi_pool_kernel, V.COARSE_LEVELS)),
+    "p4_roiwarp": ("RoIWarp, every RoI from P4 (stride 16)", lambda m: _roi_warp(m, V.COARSE_LEVELS)),
+    "p4_roialign": ("RoIAlign, every RoI from P4 (stride 16)", lambda m: V.set_poolers(m, None, V.COARSE_LEVELS)),
+    "mlp": ("MLP mask head (fc 256, fc 256, fc K x 28 x 28)", lambda m: V.mlp_mask_head(m, 256)),
+    "gt_box_targets": ("mask targets cropped with the GT box", lambda m: V.use_heads(m, V.GTBoxMaskTargetsRoIHeads)),
+    "no_gt_proposals": ("GT boxes not added to the proposals", lambda m: V.use_heads(m, V.NoGTProposalsRoIHeads)),
+}
+
+# table key -> (title, [(variant, label in the table)])
+TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
+    "b": ("(b) mask loss", [("softmax", "softmax (multinomial)"), ("agnostic", "sigmoid, class-agnostic"),
+                            ("paper", "sigmoid, per class (paper)")]),
+    "c": ("(c) RoI features, FPN levels", [("roipool", "RoIPool"), ("roiwarp", "RoIWarp"),
+                                           ("paper", "RoIAlign (paper)")]),
+    "d": ("(d) RoI features, stride 16 only", [("p4_roipool", "RoIPool"), ("p4_roiwarp", "RoIWarp"),
+                                               ("p4_roialign", "RoIAlign")]),
+    "e": ("(e) mask head", [("mlp", "MLP"), ("paper", "FCN (paper)")]),
+    "targets": ("mask targets", [("gt_box_targets", "cropped with the GT box"),
+                                 ("paper", "cropped with the RoI (paper)")]),
+    "gt": ("GT boxes in the training RoIs", [("no_gt_proposals", "not added"), ("paper", "added (paper)")]),
+}
+METRICS = ("box_AP", "mask_AP", "mask_AP50", "mask_AP75", "train_seconds")
+
+
+def build_variant(name: str, seed: int) -> nn.Module:
+    """The course model with ``seed``'s initialisation, changed by variant ``name``."""
+    from ..__main__ import TINY_SHAPES_MODEL
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    torch.manual_seed(seed)
+    model = build_model(C.tiny(num_classes=len(CLASSES), **TINY_SHAPES_MODEL))
+    # The new parts draw their initialisation after the paper model's, from the same seed.
+    return VARIANTS[name][1](model)
+
+
+def run_one(name: str, seed: int, steps: int, recipe: dict, heldout, out_dir: Path) -> dict:
+    """Train variant ``name`` for ``steps`` steps of the recipe and evaluate it on ``heldout``."""
+    model = build_variant(name, seed)
+    batch = recipe["batch_size"]
+    train_set = ShapesDataset(steps * batch, seed=DATA_SEED)
+    tcfg = TrainConfig(epochs=1, batch_size=batch, lr=recipe["lr"], optimizer=recipe["optimizer"],
+                       weight_decay=recipe["weight_decay"], warmup_iters=recipe["warmup"],
+                       clip_grad_norm=recipe.get("clip_grad_norm", 10.0), amp=recipe.get("amp", "off"),
+                       eval_every=0, seed=seed, progress=False)
+    trainer = Trainer(model, train_set, tcfg, out_dir / f"{name}_seed{seed}")
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    metrics = evaluate(trainer.model, heldout)
+    return {"variant": name, "seed": seed, "steps": steps, "box_AP": metrics["bbox"]["AP"],
+            "mask_AP": metrics["segm"]["AP"], "mask_AP50": metrics["segm"]["AP50"],
+            "mask_AP75": metrics["segm"]["AP75"], "train_seconds": round(seconds, 1),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def summarise(runs: Sequence[dict]) -> Dict[str, dict]:
+    """variant -> {metric: (mean, sample std or None), "seeds": [...]} over its runs."""
+    out: Dict[str, dict] = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        rows = [r for r in runs if r["variant"] == name]
+        out[name] = {"seeds": [r["seed"] for r in rows], "params": rows[0]["params"]}
+        for m in METRICS:
+            values = [r[m] for r in rows]
+            out[name][m] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The tables of ``result`` (``ablations.json``'s content) in markdown, AP in percent."""
+    summary = summarise(result["runs"])
+    lines = [f"Shapes ablations: {result['steps']} steps of {result['recipe']['batch_size']} images per run, "
+             f"held-out {result['heldout']}, mean ± std over seeds {result['seeds']}.", ""]
+    for key in result["tables"]:
+        title, rows = TABLES[key]
+        lines += [f"### {title}", "", "| variant | box AP | mask AP | AP50 | AP75 | train s |",
+                  "|---|---|---|---|---|---|"]
+        for name, label in rows:
+            if name not in summary:
+                continue
+            s = summary[name]
+            cell = lambda m, k=100.0: (f"{s[m][0] * k:.1f}" + (f" ± {s[m][1] * k:.1f}" if s[m][1] is not None else ""))
+            lines.append(f"| {label} | {cell('box_AP')} | {cell('mask_AP')} | {cell('mask_AP50')} | "
+                         f"{cell('mask_AP75')} | {cell('train_seconds', 1.0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, recipe: dict,
+             num_heldout: int = 100, log=print) -> dict:
+    """Every variant of ``tables`` x ``seeds``; returns (and writes) the result dict."""
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; known: {', '.join(TABLES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "ablations.json"
+    result = {"command": " ".join(sys.argv), "tables": list(tables), "seeds": list(seeds), "steps": steps,
+              "recipe": recipe, "heldout": f"ShapesDataset({num_heldout}, seed={HELDOUT_SEED})",
+              "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "runs": []}
+    if json_path.exists():  # resume: keep the runs already done with the same settings
+        old = json.loads(json_path.read_text())
+        if (old.get("steps"), old.get("recipe"), old.get("heldout")) == (steps, recipe, result["heldout"]):
+            result["runs"], result["wall_seconds"] = old["runs"], old.get("wall_seconds", 0.0)
+        else:
+            raise ValueError(f"{json_path} holds runs with other settings (steps, recipe or held-out split); "
+                             "use another --out")
+    heldout = ShapesDataset(num_heldout, seed=HELDOUT_SEED)
+    names = list(dict.fromkeys(name for t in tables for name, _ in TABLES[t][1]))
+    todo = [(n, s) for n in names for s in seeds
+            if not any(r["variant"] == n and r["seed"] == s for r in result["runs"])]
+    log(f"{len(names)} variants x {len(seeds)} seeds: {len(todo)} runs to do of {steps} steps each")
+    start = time.perf_counter()
+    for i, (name, seed) in enumerate(todo, 1):
+        run = run_one(name, seed, steps, recipe, heldout, out_dir / "runs")
+        result["runs"].append(run)
+        atomic_write_text(json_path, json.dumps(result, indent=1))
+        log(f"[{i}/{len(todo)}] {name} seed {seed}: mask AP {run['mask_AP']:.3f}, box AP {run['box_AP']:.3f} "
+            f"({run['train_seconds']:.0f} s training, {time.perf_counter() - start:.0f} s so far)")
+    result["wall_seconds"] = round(time.perf_counter() - start + result.get("wall_seconds", 0.0), 1)
+    atomic_write_text(json_path, json.dumps(result, indent=1))
+    atomic_write_text(out_dir / "ablations.md", markdown(result))
+    return result
