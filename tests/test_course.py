@@ -138,6 +138,12 @@ def grid_anchors_x_slow(base, grid_size, image_size):
     return (shifts + base[None]).reshape(-1, 4)
 
 
+def top_n_without_offset(objectness, num_anchors_per_level, pre_nms_top_n):
+    """Returns each level's indices into that level, not into the concatenated anchors."""
+    return torch.cat([lvl.topk(min(pre_nms_top_n, lvl.shape[1]), dim=1).indices
+                      for lvl in objectness.split(list(num_anchors_per_level), dim=1)], dim=1)
+
+
 def rpn_loss_per_positive(objectness, deltas, labels, targets, pos_mask, neg_mask):
     obj, box = checks.reference_rpn_loss(objectness, deltas, labels, targets, pos_mask, neg_mask)
     n_sampled, n_pos = int(pos_mask.sum() + neg_mask.sum()), int(pos_mask.sum())
@@ -237,6 +243,8 @@ CASES = {
                      base_anchors_round_half_up),
     "grid_anchors": (checks.check_grid_anchors, "grid_anchors", checks.reference_grid_anchors, grid_anchors_x_slow),
     "rpn_loss": (checks.check_rpn_loss, "rpn_loss", checks.reference_rpn_loss, rpn_loss_per_positive),
+    "top_n_per_level": (checks.check_top_n_per_level, "top_n_per_level", checks.reference_top_n_per_level,
+                        top_n_without_offset),
     "bilinear": (checks.check_bilinear, "bilinear", checks.reference_bilinear, bilinear_no_edge_clamp),
     "roi_align_one_box": (checks.check_roi_align_one_box, "roi_align_one_box", checks.reference_roi_align_one_box,
                           roi_align_not_aligned),

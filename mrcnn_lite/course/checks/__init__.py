@@ -20,7 +20,8 @@ from .nb01_boxes import check_box_iou, check_decode_lab, check_encode, check_nms
 from .nb02_backbone import check_bottleneck, check_frozen_bn_lab, reference_frozen_bn
 from .nb03_fpn import check_fpn_top_down, reference_fpn_top_down
 from .nb04_anchors import check_base_anchors, check_grid_anchors, reference_grid_anchors
-from .nb05_rpn import check_flatten_head_lab, check_rpn_loss, reference_flatten_head, reference_rpn_loss
+from .nb05_rpn import (check_flatten_head_lab, check_rpn_loss, check_top_n_per_level, reference_flatten_head,
+                       reference_rpn_loss, reference_top_n_per_level)
 from .nb06_roi import (check_bilinear, check_level_lab, check_roi_align_one_box, reference_bilinear,
                        reference_level_for_boxes, reference_roi_align_one_box)
 from .nb07_box_head import (check_decode_class_boxes, check_fastrcnn_loss, check_sample_balanced,

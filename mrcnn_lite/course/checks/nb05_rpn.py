@@ -1,12 +1,13 @@
-"""Checkers of notebook 05: the RPN loss."""
+"""Checkers of notebook 05: the RPN loss, the per-level top-n of proposal filtering, the head-flattening lab."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ...model.rpn import rpn_loss
+from ...config import tiny
+from ...model.rpn import build_rpn, rpn_loss
 from ...model.rpn_head import concat_box_prediction_layers
 from .engine import SEEDS, CheckResult, gen, run_check, run_parts
 
@@ -54,6 +55,45 @@ def check_rpn_loss(fn: Callable, points: float = 3, name: str = "rpn_loss") -> C
     pos_mask (N,) bool, neg_mask (N,) bool) -> (objectness_loss, box_loss)``."""
     return run_check(name, fn, reference_rpn_loss, _rpn_loss_cases(), points, atol=1e-9, rtol=1e-7,
                      what="mrcnn_lite.model.rpn.rpn_loss")
+
+
+# ----------------------------------------------------------------------------------------------
+# Proposal filtering, step 1: the best pre_nms_top_n anchors of each FPN level
+# ----------------------------------------------------------------------------------------------
+def reference_top_n_per_level(objectness: Tensor, num_anchors_per_level: Sequence[int], pre_nms_top_n: int) -> Tensor:
+    """``objectness (B, N)`` logits, levels concatenated -> ``(B, K)`` int64 indices into N of each level's
+    ``min(pre_nms_top_n, n_level)`` highest logits, best first within a level, levels in order: what the
+    package's ``RegionProposalNetwork._get_top_n_idx`` (torchvision's name) selects in eval mode."""
+    rpn = build_rpn(tiny().replace(rpn_pre_nms_top_n_test=int(pre_nms_top_n)), in_channels=1).eval()
+    return rpn._get_top_n_idx(objectness, list(num_anchors_per_level))
+
+
+def _top_n_inputs(batch: int, levels: Sequence[int], top_n: int, g: torch.Generator) -> Dict[str, object]:
+    # Continuous random logits: ties have probability zero, so "the k highest" has one answer.
+    return dict(objectness=torch.randn(batch, sum(levels), generator=g, dtype=torch.float64) * 3,
+                num_anchors_per_level=list(levels), pre_nms_top_n=top_n)
+
+
+def _top_n_cases():
+    yield "one image, one level of 6 anchors, keep 3", _top_n_inputs(1, [6], 3, gen(60))
+    yield ("three levels of 10, 3 and 1 anchors, keep 4: the last two levels keep all their anchors, "
+           "and the second level's indices start at 10"), _top_n_inputs(1, [10, 3, 1], 4, gen(61))
+    yield ("the course model's five levels at 192 px (6912, 1728, 432, 108, 27 anchors), 2 images, keep 300: "
+           "P5 and P6 keep everything"), _top_n_inputs(2, [6912, 1728, 432, 108, 27], 300, gen(62))
+    for seed in SEEDS:
+        g = gen(seed)
+        batch = int(torch.randint(1, 4, (1,), generator=g))
+        levels = torch.randint(1, 120, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        top_n = int(torch.randint(1, 60, (1,), generator=g))
+        yield (f"random, seed {seed}: {batch} image(s), levels of {levels} anchors, keep {top_n} per level",
+               _top_n_inputs(batch, levels, top_n, g))
+
+
+def check_top_n_per_level(fn: Callable, points: float = 2, name: str = "top_n_per_level") -> CheckResult:
+    """``fn(objectness (B, N), num_anchors_per_level [n_1, ...], pre_nms_top_n) -> (B, K)`` int64 indices into
+    the concatenated anchors, level by level, best first; compared exactly."""
+    return run_check(name, fn, reference_top_n_per_level, _top_n_cases(), points, exact=True,
+                     what="the package's RegionProposalNetwork._get_top_n_idx")
 
 
 # ----------------------------------------------------------------------------------------------
