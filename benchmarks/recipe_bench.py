@@ -69,7 +69,8 @@ def make_stepper(recipe: dict, model_changes: dict, out_dir: Path, seed: int, st
     train_set = ShapesDataset(recipe["num_train"], seed=seed)
     tcfg = TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
                        optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
-                       warmup_iters=recipe["warmup"], clip_grad_norm=CLIP_GRAD_NORM, seed=seed, progress=False)
+                       warmup_iters=recipe["warmup"], clip_grad_norm=CLIP_GRAD_NORM, amp=recipe.get("amp", "off"),
+                       seed=seed, progress=False)
     trainer = Trainer(model, train_set, tcfg, out_dir)
     trainer.model.train()
     batches = iter(DataLoader(train_set, batch_size=recipe["batch_size"], shuffle=False, collate_fn=collate))
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     else:
         t0 = time.perf_counter()
         out = run([sys.executable, "-m", "mrcnn_lite", "train", "--config", "tiny-shapes", "--out", run_dir,
-                   "--threads", args.threads, "--seed", args.seed, "--no-progress"]
+                   "--threads", args.threads, "--seed", args.seed, "--no-progress", "--eval-every-steps", 0]
                   + (["--num-train", args.num_train] if args.num_train else []), log)
         wall = time.perf_counter() - t0
         m = re.search(r"trained in ([\d.]+) s", out)

@@ -289,7 +289,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=None, help=f"warmup iterations (tiny-shapes: {r['warmup']}, else 100)")
     p.add_argument("--clip-grad-norm", type=NON_NEGATIVE_FLOAT, default=10.0, help="gradient clipping (0: off)")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA only)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                   help=f"mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA only) (tiny-shapes: {r.get('amp', 'off')}, else off)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
@@ -300,6 +301,9 @@ def add_train_parser(subparsers) -> None:
                    help="steps between checkpoints (0: only at the end of each epoch); a checkpoint is "
                         "written only once its weights gave a finite loss and finite gradients")
     p.add_argument("--eval-every", type=NON_NEGATIVE_INT, default=0, help="epochs between evaluations (0: only at the end)")
+    p.add_argument("--eval-every-steps", type=NON_NEGATIVE_INT, default=None,
+                   help="also evaluate every this many steps, for held-out AP over training "
+                        f"(tiny-shapes: {r.get('eval_every_steps', 0)}, else 0: never mid-epoch)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="training seed (and shapes train seed; val uses seed + 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("tiny-shapes data")
@@ -375,6 +379,7 @@ def cmd_train(args) -> int:
                 cfg = cfg.replace(trainable_layers=5, norm="bn")
                 print("note: no --weights, so ResNet-50 trains from scratch (norm=bn, all layers)")
 
+    args.amp = pick(args.amp, r.get("amp", "off"), "off")
     if args.amp == "fp16" and device.type != "cuda":
         raise SystemExit(f"error: argument --amp: fp16 needs a CUDA device, this run is on {device.type}; "
                          "use --amp bf16")
@@ -399,6 +404,7 @@ def cmd_train(args) -> int:
         weight_decay=pick(args.weight_decay, r["weight_decay"], 1e-4), schedule=args.schedule,
         warmup_iters=pick(args.warmup, r["warmup"], 100), clip_grad_norm=args.clip_grad_norm or None,
         amp=args.amp, eval_every=args.eval_every or max(1, pick(args.epochs, r["epochs"], 12)),
+        eval_every_steps=pick(args.eval_every_steps, r.get("eval_every_steps", 0), 0),
         seed=args.seed, num_workers=args.workers, progress=not args.no_progress, save_every=args.save_every)
     trainer = Trainer(model, train_set, tcfg, args.out, val_set=val_set, device=device,
                       evaluate_fn=(lambda m, ds: evaluate(m, ds, device=device)) if val_set is not None else None,
@@ -667,7 +673,9 @@ def add_ablate_parser(subparsers) -> None:
     p.add_argument("--steps", type=POSITIVE_INT, default=ABLATION_STEPS, help="training steps per run")
     p.add_argument("--num-heldout", type=POSITIVE_INT, default=100, help="held-out images (seed 99)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (with --jobs 1)")
+    p.add_argument("--jobs", type=POSITIVE_INT, default=1,
+                   help="runs trained at once, each in its own one-thread process (e.g. the number of cores)")
     p.set_defaults(func=cmd_ablate)
 
 
@@ -680,7 +688,10 @@ def cmd_ablate(args) -> int:
         torch.set_num_threads(args.threads)
     recipe = {k: v for k, v in TINY_SHAPES_RECIPE.items() if k not in ("num_train", "num_val", "epochs")}
     try:
-        result = run_grid(args.rows, list(range(args.seeds)), args.steps, args.out, recipe, args.num_heldout)
+        command = (f"python -m mrcnn_lite ablate --rows {','.join(args.rows)} --seeds {args.seeds} "
+                   f"--steps {args.steps} --num-heldout {args.num_heldout} --jobs {args.jobs} --out {args.out}")
+        result = run_grid(args.rows, list(range(args.seeds)), args.steps, args.out, recipe, args.num_heldout,
+                          jobs=args.jobs, command=command)
     except ValueError as e:
         raise SystemExit(f"error: {_one_line(e)}")
     print((args.out / "ablations.md").read_text())

@@ -126,7 +126,7 @@ def test_runner_writes_tables_and_resumes(tmp_path, capsys):
     recipe = dict(batch_size=2, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup=1)
     log = []
     result = A.run_grid(["e"], [0], 2, tmp_path, recipe, num_heldout=3, log=log.append)
-    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("mlp", 0), ("paper", 0)]
+    assert sorted((r["variant"], r["seed"]) for r in result["runs"]) == [("mlp", 0), ("paper", 0)]
     saved = json.loads((tmp_path / "ablations.json").read_text())
     assert saved["runs"] == result["runs"] and saved["steps"] == 2
     for r in saved["runs"]:
@@ -134,8 +134,8 @@ def test_runner_writes_tables_and_resumes(tmp_path, capsys):
     md = (tmp_path / "ablations.md").read_text()
     assert "### (e) mask head" in md and "| MLP |" in md and "| FCN (paper) |" in md
     # A rerun with one more table trains only the new variants; other settings are refused.
-    result = A.run_grid(["e", "gt"], [0], 2, tmp_path, recipe, num_heldout=3, log=log.append)
-    assert [r["variant"] for r in result["runs"]] == ["mlp", "paper", "no_gt_proposals"]
+    result = A.run_grid(["e", "gt"], [0], 2, tmp_path, recipe, num_heldout=3, log=log.append, jobs=2)
+    assert [r["variant"] for r in result["runs"]] == ["paper", "mlp", "no_gt_proposals"]  # VARIANTS' order
     assert "1 runs to do" in log[-2]
     with pytest.raises(ValueError, match="other settings"):
         A.run_grid(["e"], [0], 3, tmp_path, recipe, num_heldout=3, log=log.append)
@@ -149,7 +149,13 @@ def test_summary_mean_and_sample_std():
     assert s["seeds"] == [0, 1]
 
 
-def test_cli_rejects_unknown_rows(tmp_path, capsys):
+def test_cli_rejects_unknown_rows_and_runs_a_small_grid(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ablate", "--rows", "b,z", "--out", str(tmp_path)])
     assert "argument --rows" in capsys.readouterr().err
+    assert main(["ablate", "--rows", "gt", "--seeds", "1", "--steps", "1", "--num-heldout", "2",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### GT boxes in the training RoIs" in out and "| not added |" in out
+    saved = json.loads((tmp_path / "ablations.json").read_text())
+    assert saved["steps"] == 1 and len(saved["runs"]) == 2 and "ablate" in saved["command"]

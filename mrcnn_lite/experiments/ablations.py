@@ -12,6 +12,7 @@ grid loses at most one run) and ``DIR/ablations.md`` (mean ± sample standard de
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -87,8 +88,12 @@ def build_variant(name: str, seed: int) -> nn.Module:
     return VARIANTS[name][1](model)
 
 
-def run_one(name: str, seed: int, steps: int, recipe: dict, heldout, out_dir: Path) -> dict:
-    """Train variant ``name`` for ``steps`` steps of the recipe and evaluate it on ``heldout``."""
+def run_one(name: str, seed: int, steps: int, recipe: dict, num_heldout: int, out_dir: Path,
+            threads: Optional[int] = None) -> dict:
+    """Train variant ``name`` for ``steps`` steps of the recipe; evaluate it on the held-out split."""
+    if threads:
+        torch.set_num_threads(threads)
+    heldout = ShapesDataset(num_heldout, seed=HELDOUT_SEED)
     model = build_variant(name, seed)
     batch = recipe["batch_size"]
     train_set = ShapesDataset(steps * batch, seed=DATA_SEED)
@@ -139,18 +144,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_one_star(args) -> dict:
+    return run_one(*args)
+
+
 def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, recipe: dict,
-             num_heldout: int = 100, log=print) -> dict:
-    """Every variant of ``tables`` x ``seeds``; returns (and writes) the result dict."""
+             num_heldout: int = 100, log=print, jobs: int = 1, command: Optional[str] = None) -> dict:
+    """Every variant of ``tables`` x ``seeds``; returns (and writes) the result dict.
+
+    ``jobs`` > 1 trains that many runs at once, each in its own process with one thread
+    (on a small CPU, two one-thread runs finish sooner than two two-thread runs in turn).
+    ``command``: how the grid was started, recorded in the JSON (default: this process's command line).
+    """
     unknown = [t for t in tables if t not in TABLES]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {', '.join(TABLES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "ablations.json"
-    result = {"command": " ".join(sys.argv), "tables": list(tables), "seeds": list(seeds), "steps": steps,
+    result = {"command": command or " ".join(sys.argv), "tables": list(tables), "seeds": list(seeds), "steps": steps,
               "recipe": recipe, "heldout": f"ShapesDataset({num_heldout}, seed={HELDOUT_SEED})",
-              "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs, torch {torch.__version__}, "
+                         + (f"{jobs} one-thread runs at once" if jobs > 1 else f"{torch.get_num_threads()} threads"),
               "runs": []}
     if json_path.exists():  # resume: keep the runs already done with the same settings
         old = json.loads(json_path.read_text())
@@ -159,18 +174,29 @@ def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, r
         else:
             raise ValueError(f"{json_path} holds runs with other settings (steps, recipe or held-out split); "
                              "use another --out")
-    heldout = ShapesDataset(num_heldout, seed=HELDOUT_SEED)
     names = list(dict.fromkeys(name for t in tables for name, _ in TABLES[t][1]))
     todo = [(n, s) for n in names for s in seeds
             if not any(r["variant"] == n and r["seed"] == s for r in result["runs"])]
     log(f"{len(names)} variants x {len(seeds)} seeds: {len(todo)} runs to do of {steps} steps each")
     start = time.perf_counter()
-    for i, (name, seed) in enumerate(todo, 1):
-        run = run_one(name, seed, steps, recipe, heldout, out_dir / "runs")
+    work = [(name, seed, steps, recipe, num_heldout, out_dir / "runs", 1 if jobs > 1 else None)
+            for name, seed in todo]
+    if jobs > 1:
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        finished = pool.imap_unordered(_run_one_star, work)
+    else:
+        pool, finished = None, map(_run_one_star, work)
+    for i, run in enumerate(finished, 1):
+        name, seed = run["variant"], run["seed"]
         result["runs"].append(run)
         atomic_write_text(json_path, json.dumps(result, indent=1))
         log(f"[{i}/{len(todo)}] {name} seed {seed}: mask AP {run['mask_AP']:.3f}, box AP {run['box_AP']:.3f} "
             f"({run['train_seconds']:.0f} s training, {time.perf_counter() - start:.0f} s so far)")
+    if pool is not None:
+        pool.close()
+        pool.join()
+    order = {n: i for i, n in enumerate(VARIANTS)}
+    result["runs"].sort(key=lambda r: (order[r["variant"]], r["seed"]))
     result["wall_seconds"] = round(time.perf_counter() - start + result.get("wall_seconds", 0.0), 1)
     atomic_write_text(json_path, json.dumps(result, indent=1))
     atomic_write_text(out_dir / "ablations.md", markdown(result))
