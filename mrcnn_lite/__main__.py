@@ -36,8 +36,11 @@ from pathlib import Path
 # AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
 # mask AP 0.15 vs 0.03 after 300 steps). Fresh images every step: one epoch of 3000 steps of 4 generated
 # images (about 8 minutes on 2 quiet CPU cores; `make demo` as a whole 8.5).
+# bf16 autocast (the CPU's bfloat16 matrix units, where it has them): the same AP as float32 here in about
+# two thirds of the time (numbers: benchmarks/recipe_bench.py's results). The run also measures the held-out
+# AP every 500 steps, for the curve notebook 10 draws.
 TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
-                          weight_decay=0.05, warmup=50)
+                          weight_decay=0.05, warmup=50, amp="bf16", eval_every_steps=500)
 # Model changes for the course run: trainable BatchNorm (training from scratch); 64 sampled RoIs per
 # image instead of 128 (shapes images hold at most six objects, and the box head costs half as much);
 # and the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192). A shape of
@@ -686,7 +689,8 @@ def cmd_ablate(args) -> int:
     _check_out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = {k: v for k, v in TINY_SHAPES_RECIPE.items() if k not in ("num_train", "num_val", "epochs")}
+    recipe = {k: v for k, v in TINY_SHAPES_RECIPE.items()
+              if k not in ("num_train", "num_val", "epochs", "eval_every_steps")}
     try:
         command = (f"python -m mrcnn_lite ablate --rows {','.join(args.rows)} --seeds {args.seeds} "
                    f"--steps {args.steps} --num-heldout {args.num_heldout} --jobs {args.jobs} --out {args.out}")
