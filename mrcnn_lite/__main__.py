@@ -129,8 +129,10 @@ def add_shapes_parser(subparsers) -> None:
                     "(DIR/<split>/images/*.png + DIR/<split>/annotations.json) and save a sample "
                     "grid to DIR/shapes_grid.png.")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--num-train", type=POSITIVE_INT, default=64, help="training images (default 64)")
-    p.add_argument("--num-val", type=NON_NEGATIVE_INT, default=32, help="validation images (default 32)")
+    p.add_argument("--num-train", type=NON_NEGATIVE_INT, default=64,
+                   help="training images (default 64; 0: write only the val split)")
+    p.add_argument("--num-val", type=NON_NEGATIVE_INT, default=32,
+                   help="validation images (default 32; 0: write only the train split)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0,
                    help="train uses this seed, val uses seed + 1 (default 0)")
     p.add_argument("--image-size", type=_int_at_least(16), default=128, help="image side in pixels (default 128)")
@@ -143,14 +145,13 @@ def add_shapes_parser(subparsers) -> None:
 def cmd_shapes(args) -> int:
     from .data import CLASSES, ShapesDataset, export_coco
 
+    if args.num_train == 0 and args.num_val == 0:
+        raise SystemExit("error: --num-train and --num-val are both 0: nothing to write")
     _check_out_dir(args.out)
     start = time.perf_counter()
-    splits = {
-        "train": ShapesDataset(args.num_train, image_size=args.image_size, seed=args.seed,
-                               noise_std=args.noise),
-        "val": ShapesDataset(args.num_val, image_size=args.image_size, seed=args.seed + 1,
-                             noise_std=args.noise),
-    }
+    sizes = {"train": (args.num_train, args.seed), "val": (args.num_val, args.seed + 1)}
+    splits = {split: ShapesDataset(n, image_size=args.image_size, seed=seed, noise_std=args.noise)
+              for split, (n, seed) in sizes.items() if n > 0}
     args.out.mkdir(parents=True, exist_ok=True)
     for split, ds in splits.items():
         ann_path = export_coco(ds, args.out, split, mask_format=args.mask_format)
@@ -165,7 +166,7 @@ def cmd_shapes(args) -> int:
               f"({per_class})")
         print(f"  wrote {ann_path.parent / 'images'}/ and {ann_path}")
 
-    # a picture of the first training images
+    # a picture of the first images
     import matplotlib
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")  # a file is all we need; works without a display
@@ -173,8 +174,8 @@ def cmd_shapes(args) -> int:
 
     from .viz import draw_grid
 
-    fig = draw_grid(splits["train"], n=min(8, len(splits["train"])), cols=4,
-                    title=f"ShapesDataset (seed {args.seed})")
+    split, ds = next(iter(splits.items()))  # the training images, or the val ones if there are none
+    fig = draw_grid(ds, n=min(8, len(ds)), cols=4, title=f"ShapesDataset (seed {sizes[split][1]})")
     grid_path = args.out / "shapes_grid.png"
     fig.savefig(grid_path, dpi=100)
     plt.close(fig)

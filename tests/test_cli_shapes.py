@@ -18,6 +18,17 @@ def test_shapes_command(tmp_path, capsys):
         assert len(ds) == n
 
 
+def test_shapes_command_writes_only_the_val_split_with_num_train_0(tmp_path, capsys):
+    """`make demo`'s held-out export: `--num-train 0` writes the val split (seed + 1) alone."""
+    out = tmp_path / "heldout"
+    assert main(["shapes", "--out", str(out), "--num-train", "0", "--num-val", "4", "--seed", "99"]) == 0
+    assert "val: 4 images" in capsys.readouterr().out and not (out / "train").exists()
+    assert len(CocoInstances(out / "val" / "images", out / "val" / "annotations.json")) == 4
+    assert (out / "shapes_grid.png").exists()
+    with pytest.raises(SystemExit, match="nothing to write"):
+        main(["shapes", "--out", str(out), "--num-train", "0", "--num-val", "0"])
+
+
 def test_help_lists_commands():
     parser = build_parser()
     with pytest.raises(SystemExit):

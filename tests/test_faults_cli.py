@@ -57,7 +57,7 @@ TRAIN = ["train", "--config", "tiny-shapes", "--out", "OUT"]
     (["evaluate", "--checkpoint", "c.pt", "--images", "i", "--annotations", "a.json", "--mask-threshold", "2"],
      "--mask-threshold"),
     (["predict", "--checkpoint", "c.pt", "x.png", "--out", "o", "--score-thresh", "nan"], "--score-thresh"),
-    (["shapes", "--out", "o", "--num-train", "0"], "--num-train"),
+    (["shapes", "--out", "o", "--num-train", "-1"], "--num-train"),
     (["shapes", "--out", "o", "--num-val", "-3"], "--num-val"),
     (["shapes", "--out", "o", "--image-size", "0"], "--image-size"),
     (["shapes", "--out", "o", "--noise", "nan"], "--noise"),

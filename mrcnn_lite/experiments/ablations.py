@@ -178,7 +178,7 @@ def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, r
     todo = [(n, s) for n in names for s in seeds
             if not any(r["variant"] == n and r["seed"] == s for r in result["runs"])]
     log(f"{len(names)} variants x {len(seeds)} seeds: {len(todo)} runs to do of {steps} steps each")
-    start = time.perf_counter()
+    start, earlier = time.perf_counter(), result.get("wall_seconds", 0.0)
     work = [(name, seed, steps, recipe, num_heldout, out_dir / "runs", 1 if jobs > 1 else None)
             for name, seed in todo]
     if jobs > 1:
@@ -189,6 +189,7 @@ def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, r
     for i, run in enumerate(finished, 1):
         name, seed = run["variant"], run["seed"]
         result["runs"].append(run)
+        result["wall_seconds"] = round(earlier + time.perf_counter() - start, 1)
         atomic_write_text(json_path, json.dumps(result, indent=1))
         log(f"[{i}/{len(todo)}] {name} seed {seed}: mask AP {run['mask_AP']:.3f}, box AP {run['box_AP']:.3f} "
             f"({run['train_seconds']:.0f} s training, {time.perf_counter() - start:.0f} s so far)")
@@ -197,7 +198,7 @@ def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, r
         pool.join()
     order = {n: i for i, n in enumerate(VARIANTS)}
     result["runs"].sort(key=lambda r: (order[r["variant"]], r["seed"]))
-    result["wall_seconds"] = round(time.perf_counter() - start + result.get("wall_seconds", 0.0), 1)
+    result["wall_seconds"] = round(earlier + time.perf_counter() - start, 1)
     atomic_write_text(json_path, json.dumps(result, indent=1))
     atomic_write_text(out_dir / "ablations.md", markdown(result))
     return result
