@@ -35,10 +35,9 @@ from pathlib import Path
 # 10 minutes on 2 CPU cores. Every value can be overridden on the command line.
 # AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
 # mask AP 0.15 vs 0.03 after 300 steps). Fresh images every step: one epoch of 3000 steps of 4 generated
-# images (about 8 minutes on 2 quiet CPU cores; `make demo` as a whole 8.5).
-# bf16 autocast (the CPU's bfloat16 matrix units, where it has them): the same AP as float32 here in about
-# two thirds of the time (numbers: benchmarks/recipe_bench.py's results). The run also measures the held-out
-# AP every 500 steps, for the curve notebook 10 draws.
+# images. bf16 autocast: on a CPU with bfloat16 instructions the convolutions and matrix products run at
+# bfloat16 speed for the same held-out AP as float32 (benchmarks/recipe_bench_cpu.txt); where the CPU lacks
+# them, --amp off is faster. The run also measures the held-out AP every 500 steps, for notebook 10's curve.
 TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
                           weight_decay=0.05, warmup=50, amp="bf16", eval_every_steps=500)
 # Model changes for the course run: trainable BatchNorm (training from scratch); 64 sampled RoIs per
