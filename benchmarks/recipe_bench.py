@@ -3,8 +3,7 @@
 ``TINY_SHAPES_RECIPE`` / ``TINY_SHAPES_MODEL`` in ``mrcnn_lite/__main__.py`` are what ``make demo``
 trains; ``RECIPE_V1`` / ``MODEL_V1`` below are the recipe issue 15 asks to beat (3000 steps of 4
 images; held-out mask AP 0.743, AP50 0.916), kept here so that any later recipe is timed against it.
-While the course recipe is still v1, the bench compares v1 with itself (a ratio near 1 shows the
-measurement's own noise). What the bench does, in one run:
+Last result (bf16 autocast, otherwise v1): ``benchmarks/recipe_bench_cpu.txt``. What the bench does, in one run:
 
 1. **Step cost, interleaved.** One trainer per recipe (its model config, batch size, optimizer, clipping,
    schedule, fresh ShapesDataset images) takes one real training step in turn (v1, new, v1, new, ...),
