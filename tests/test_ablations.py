@@ -159,3 +159,17 @@ def test_cli_rejects_unknown_rows_and_runs_a_small_grid(tmp_path, capsys):
     assert "### GT boxes in the training RoIs" in out and "| not added |" in out
     saved = json.loads((tmp_path / "ablations.json").read_text())
     assert saved["steps"] == 1 and len(saved["runs"]) == 2 and "ablate" in saved["command"]
+
+
+def test_shipped_results_cover_every_row_with_two_seeds():
+    """benchmarks/ablations/ablations.json (read by notebook 14): every table, every variant, >= 2 seeds."""
+    from pathlib import Path
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "ablations" / "ablations.json").read_text())
+    assert shipped["tables"] == list(A.TABLES) and len(shipped["seeds"]) >= 2
+    summary = A.summarise(shipped["runs"])
+    for key, (title, rows) in A.TABLES.items():
+        for name, _ in rows:
+            assert summary[name]["seeds"] == shipped["seeds"], (key, name)
+    assert all(0.0 <= r["mask_AP"] <= 1.0 and r["steps"] == shipped["steps"] for r in shipped["runs"])
+    md = (Path(__file__).resolve().parents[1] / "benchmarks" / "ablations" / "ablations.md").read_text()
+    assert md == A.markdown(shipped)  # the committed table is the JSON's
