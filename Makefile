@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,teach]'
 	@touch $@
 
+# One torch thread per process: the two xdist workers (and the notebook kernels they start) then share
+# 2 cores without oversubscription, which stalled notebook kernels for minutes (threads spinning on busy
+# cores). `make test TEST_THREADS=4` to change.
+TEST_THREADS ?= 1
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile -q -ra --durations=15 $(ARGS)
+	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile -q -ra --durations=15 $(ARGS)
 
 # Train the tiny model on generated shapes (held-out AP printed at the end), then evaluate the
 # checkpoint through the COCO path on a fresh held-out split (seed 100) exported as PNG + JSON.
