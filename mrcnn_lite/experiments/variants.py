@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..model.box_head import assign_targets_to_proposals, subsample
+from ..model.box_head import sample_rois
 from ..model.mask_head import maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes
 from ..model.roi_heads import RoIHeads
 from ..ops.poolers import MultiScaleRoIAlign
+from ..ops.roi_ops import _round_half_away
 
 
 def use_heads(model: nn.Module, heads_class: type) -> nn.Module:
@@ -97,7 +98,7 @@ def class_agnostic_masks(model: nn.Module) -> nn.Module:
 def _quantised(rois: Tensor, spatial_scale: float) -> Tensor:
     """``(K, 5)`` RoIs with the corners rounded to whole feature cells (RoIPool's first quantisation)."""
     q = rois.clone()
-    q[:, 1:] = torch.round(rois[:, 1:] * spatial_scale) / spatial_scale
+    q[:, 1:] = _round_half_away(rois[:, 1:] * spatial_scale) / spatial_scale
     return q
 
 
@@ -186,12 +187,5 @@ class NoGTProposalsRoIHeads(RoIHeads):
     def select_training_samples(self, proposals, targets):
         self.check_targets(targets)
         gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
-        matched_idxs, labels = assign_targets_to_proposals(proposals, gt_boxes, [t["labels"] for t in targets],
-                                                           self.proposal_matcher)
-        proposals = list(proposals)
-        matched_gt_boxes = []
-        for i, inds in enumerate(subsample(labels, self.fg_bg_sampler)):
-            proposals[i], labels[i], matched_idxs[i] = proposals[i][inds], labels[i][inds], matched_idxs[i][inds]
-            g = gt_boxes[i] if gt_boxes[i].numel() else proposals[i].new_zeros((1, 4))
-            matched_gt_boxes.append(g[matched_idxs[i]])
-        return proposals, matched_idxs, labels, self.box_coder.encode(matched_gt_boxes, proposals)
+        return sample_rois(proposals, gt_boxes, [t["labels"] for t in targets], self.proposal_matcher,
+                           self.fg_bg_sampler, self.box_coder)

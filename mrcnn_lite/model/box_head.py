@@ -8,7 +8,9 @@ Training
     ``assign_targets_to_proposals`` IoU matching: >= 0.5 with some GT -> that GT's class, < 0.5 ->
                                     background (0); no "low-quality" matches here (unlike the RPN)
     ``subsample``                   512 RoIs per image, at most 25 % positive
-    ``select_training_samples``     all of the above + the regression targets (box coder, 10/10/5/5)
+    ``sample_rois``                 matching + sampling + the regression targets (box coder, 10/10/5/5)
+                                    on a given pool of boxes
+    ``select_training_samples``     the GT boxes added to the proposals, then ``sample_rois``
     ``fastrcnn_loss``               cross-entropy over classes + smooth-L1 (beta 1/9) on the deltas of
                                     the GT class, positives only, divided by the number of sampled RoIs
 Model
@@ -109,7 +111,7 @@ def subsample(labels: List[Tensor], fg_bg_sampler) -> List[Tensor]:
     return [torch.cat([pos, neg]).sort().values for pos, neg in zip(pos_inds, neg_inds)]
 
 
-def select_training_samples(
+def sample_rois(
     proposals: List[Tensor],
     gt_boxes: List[Tensor],
     gt_labels: List[Tensor],
@@ -117,17 +119,16 @@ def select_training_samples(
     fg_bg_sampler,
     box_coder: BoxCoder,
 ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], Tuple[Tensor, ...]]:
-    """The RoIs the box head trains on, and their targets.
+    """Match the boxes of ``proposals`` (per image ``(P_i, 4)``) to the GT, sample them, and encode their targets.
 
     Returns, per image (lists of length B):
-        proposals:          (S_i, 4) the sampled RoIs (GT boxes included in the pool they are drawn from)
+        proposals:          (S_i, 4) the sampled RoIs
         matched_idxs:       (S_i,) matched GT index
         labels:             (S_i,) int64 class, 0 = background
         regression_targets: (S_i, 4) deltas from each RoI to its matched GT box (box_coder.encode)
     """
     dtype, device = proposals[0].dtype, proposals[0].device
-    gt_boxes = [g.to(dtype) for g in gt_boxes]
-    proposals = add_gt_proposals(proposals, gt_boxes)
+    proposals = list(proposals)
     matched_idxs, labels = assign_targets_to_proposals(proposals, gt_boxes, gt_labels, proposal_matcher)
     sampled_inds = subsample(labels, fg_bg_sampler)
 
@@ -142,6 +143,21 @@ def select_training_samples(
         matched_gt_boxes.append(g[matched_idxs[i]])
     regression_targets = box_coder.encode(matched_gt_boxes, proposals)
     return proposals, matched_idxs, labels, regression_targets
+
+
+def select_training_samples(
+    proposals: List[Tensor],
+    gt_boxes: List[Tensor],
+    gt_labels: List[Tensor],
+    proposal_matcher,
+    fg_bg_sampler,
+    box_coder: BoxCoder,
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor], Tuple[Tensor, ...]]:
+    """The RoIs the box head trains on, and their targets: ``sample_rois`` on the proposals with the GT
+    boxes added to them (``add_gt_proposals``). Returns what ``sample_rois`` returns."""
+    gt_boxes = [g.to(proposals[0].dtype) for g in gt_boxes]
+    return sample_rois(add_gt_proposals(proposals, gt_boxes), gt_boxes, gt_labels,
+                       proposal_matcher, fg_bg_sampler, box_coder)
 
 
 def fastrcnn_loss(
