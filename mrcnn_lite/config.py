@@ -72,6 +72,9 @@ class MaskRCNNConfig:
     mask_layers: Tuple[int, ...] = (256, 256, 256, 256)
     mask_dilation: int = 1
     mask_dim_reduced: Optional[int] = None  # channels of conv5_mask; None = mask_layers[-1] (256 for r50_fpn)
+    # Training: the mask loss on at most this many positive RoIs per image, a random subset of the box
+    # branch's positives; None = every positive (the paper, torchvision).
+    mask_batch_size_per_image: Optional[int] = None
 
     # --- how it runs (same numbers either way; tests prove it) ---
     # "reference": the plain from-scratch code of mrcnn_lite.ops and mrcnn_lite.model, as the course
@@ -85,6 +88,9 @@ class MaskRCNNConfig:
     def __post_init__(self):
         if self.kernels not in ("reference", "fast"):
             raise ValueError(f"kernels must be 'reference' or 'fast', got {self.kernels!r}")
+        m = self.mask_batch_size_per_image
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"mask_batch_size_per_image must be None or an integer >= 1, got {m!r}")
 
     def replace(self, **changes) -> "MaskRCNNConfig":
         """A copy with some fields changed; unknown names raise a TypeError that lists them."""

@@ -331,3 +331,27 @@ def test_maskrcnn_resnet50_fpn_kwargs():
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
     with pytest.raises(TypeError, match="unknown config field"):
         ml.maskrcnn_resnet50_fpn(num_classes=3, not_a_field=1)
+
+
+def test_mask_batch_size_per_image_caps_the_mask_loss_rois():
+    """Training only: the mask loss sees at most mask_batch_size_per_image of an image's positive RoIs, a
+    subset of the box branch's positives; None (the default, the paper's) keeps every positive."""
+    images, targets = _tiny_batch()
+    counts = {}
+    for cap in (None, 1):
+        torch.manual_seed(0)
+        model = ml.build_model(ml.config.tiny(num_classes=4, mask_batch_size_per_image=cap)).train()
+        torch.manual_seed(1)
+        losses, inter = model(images, targets, return_intermediates=True)
+        assert torch.isfinite(losses["loss_mask"])
+        positives = [p[lab > 0] for p, lab in zip(inter["sampled_proposals"], inter["labels"])]
+        masked = inter["mask_proposals"]
+        counts[cap] = [len(m) for m in masked]
+        for pos, m in zip(positives, masked):
+            assert len(m) == (len(pos) if cap is None else min(cap, len(pos)))
+            # each mask RoI is one of the image's positive RoIs
+            assert all((pos == box).all(dim=1).any() for box in m)
+        assert inter["mask_logits"].shape[0] == sum(counts[cap])
+    assert counts[None][0] > 1 and counts[1] == [1, 1]  # the cap was reached, so it did something
+    with pytest.raises(ValueError, match="mask_batch_size_per_image must be None or an integer >= 1, got 0"):
+        ml.config.tiny(mask_batch_size_per_image=0)

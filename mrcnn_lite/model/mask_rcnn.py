@@ -100,6 +100,7 @@ class MaskRCNN(nn.Module):
             cfg.box_score_thresh, cfg.box_nms_thresh, cfg.box_detections_per_img,
             mask_roi_pool, mask_head, mask_predictor,
             batched_nms=k.batched_nms, roi_align=k.roi_align,
+            mask_batch_size_per_image=cfg.mask_batch_size_per_image,
         )
         self.roi_heads.fg_bg_sampler = k.sampler(cfg.box_batch_size_per_image, cfg.box_positive_fraction)
 

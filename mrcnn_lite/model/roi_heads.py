@@ -34,7 +34,9 @@ class RoIHeads(nn.Module):
         image_shapes: list of B ``(h, w)`` resized image sizes
         targets:      in training, B dicts with ``boxes (n_i, 4)``, ``labels (n_i,)``, ``masks (n_i, h, w)``
         intermediates: optional dict, filled with the branch's inner results (for the notebooks)
-    ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call. The constructor takes
+    ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call;
+    ``mask_batch_size_per_image`` (keyword, training only) caps the RoIs per image that the mask loss
+    sees, drawn at random from the positives (None, the default: every positive, as in the paper). The constructor takes
     torchvision's arguments in torchvision's order; the keypoint branch (Keypoint R-CNN) is not built here,
     so ``keypoint_*`` must stay None.
 
@@ -68,6 +70,7 @@ class RoIHeads(nn.Module):
         keypoint_predictor: Optional[nn.Module] = None,
         batched_nms: Callable = ops.batched_nms,
         roi_align: Callable = ops.roi_align,
+        mask_batch_size_per_image: Optional[int] = None,
     ):
         super().__init__()
         if keypoint_roi_pool is not None or keypoint_head is not None or keypoint_predictor is not None:
@@ -94,6 +97,8 @@ class RoIHeads(nn.Module):
 
         self.batched_nms = batched_nms  # the kernels the model's cfg.kernels picks (see kernels.py)
         self.roi_align = roi_align      # resamples the GT masks for the mask targets
+        # Training: the mask loss on at most this many of an image's positive RoIs (None: all of them).
+        self.mask_batch_size_per_image = mask_batch_size_per_image
 
     def has_mask(self) -> bool:
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
@@ -199,6 +204,11 @@ class RoIHeads(nn.Module):
             mask_proposals, pos_matched_idxs = [], []
             for p, m, lab in zip(proposals, matched_idxs, labels):
                 pos = torch.where(lab > 0)[0]
+                cap = self.mask_batch_size_per_image
+                if cap is not None and pos.numel() > cap:
+                    # A random subset: an image with few objects has many positives on the same object,
+                    # so fewer of them cost less and teach the mask head nearly as much.
+                    pos = pos[torch.randperm(pos.numel(), device=pos.device)[:cap]]
                 mask_proposals.append(p[pos])
                 pos_matched_idxs.append(m[pos])
         else:
