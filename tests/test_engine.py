@@ -203,6 +203,15 @@ def test_eval_every_steps_records_ap_during_the_epoch(tmp_path):
     assert calls == [True] * 4  # each evaluation found the model back in training mode
 
 
+def test_eval_every_steps_covers_epoch_ends_that_fit_skips(tmp_path):
+    # eval_every=2: fit evaluates only the end of epoch 2 (and of the last epoch, 3). Step 6 ends epoch 1,
+    # which fit does not evaluate, so the step schedule must; step 12 ends epoch 2, evaluated once, by fit.
+    t = Trainer(_fresh_model(), ToyData(n=12), _cfg(epochs=3, batch_size=2, eval_every=2, eval_every_steps=3),
+                tmp_path, val_set=ToyData(2), evaluate_fn=lambda model, val_set: {"bbox": {"AP": 0.0}})
+    hist = t.fit()
+    assert [r["step"] for r in hist["eval"]] == [3, 6, 9, 12, 15, 18]
+
+
 def test_adamw_and_grad_clipping_train(tmp_path):
     t = Trainer(_fresh_model(p_drop=0.0), ToyData(), _cfg(optimizer="adamw", lr=1e-2, clip_grad_norm=0.5,
                                                           epochs=6), tmp_path)

@@ -333,11 +333,18 @@ class Trainer:
         rows = [r for r in self.history["train"] if r["epoch"] == self.epoch]
         return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.startswith("loss")} if rows else {}
 
+    def _epoch_end_evaluated(self, epoch: int) -> bool:
+        """Does ``fit`` evaluate at the end of ``epoch`` (1-based)? Every ``eval_every`` epochs, and the last."""
+        return bool(self.evaluate_fn is not None and self.cfg.eval_every
+                    and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs))
+
     def _eval_due(self) -> bool:
-        """Mid-epoch evaluation every ``eval_every_steps`` steps (the epoch's own end is evaluated by ``fit``)."""
+        """Evaluation every ``eval_every_steps`` steps, except at an epoch's end that ``fit`` evaluates anyway."""
         n = self.cfg.eval_every_steps
-        return bool(n and self.evaluate_fn is not None and self.rank == 0 and self.global_step % n == 0
-                    and self.global_step % self.iters_per_epoch != 0)
+        if not (n and self.evaluate_fn is not None and self.rank == 0 and self.global_step % n == 0):
+            return False
+        epoch_ends = self.global_step % self.iters_per_epoch == 0
+        return not (epoch_ends and self._epoch_end_evaluated(self.epoch + 1))
 
     def evaluate_now(self) -> dict:
         """Evaluate on the validation set, record it in ``history["eval"]`` with the step, and go on training."""
@@ -368,8 +375,7 @@ class Trainer:
             t0 = time.perf_counter()
             running = self.train_one_epoch()
             record = {"epoch": self.epoch, "seconds": round(time.perf_counter() - t0, 2), **running}
-            if self.evaluate_fn is not None and self.cfg.eval_every and (
-                    self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
+            if self._epoch_end_evaluated(self.epoch):
                 if self.rank == 0:
                     record["eval"] = self.evaluate_now()
             if self.rank == 0:
@@ -429,10 +435,12 @@ class Trainer:
                              f"(missing {[k for k in need if not isinstance(state, dict) or k not in state]})")
         saved_model = state.get("model_config") or {}
         if saved_model and self.model_config and saved_model != self.model_config:
+            # a field one side lacks reads as None, which for mask_batch_size_per_image is its default
             diff = [f"{k}: {saved_model.get(k)!r} in the checkpoint, {self.model_config.get(k)!r} now"
                     for k in sorted(set(saved_model) | set(self.model_config))
                     if saved_model.get(k) != self.model_config.get(k)]
-            raise ValueError(f"cannot resume from {path}: the model differs ({'; '.join(diff)})")
+            if diff:
+                raise ValueError(f"cannot resume from {path}: the model differs ({'; '.join(diff)})")
         old = state["train_config"]
         if old.get("optimizer") != self.cfg.optimizer:
             raise ValueError(f"cannot resume from {path}: it was trained with optimizer {old.get('optimizer')!r}, "
