@@ -31,24 +31,43 @@ import time
 from collections import Counter
 from pathlib import Path
 
-# The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in under
-# 10 minutes on 2 CPU cores. Every value can be overridden on the command line.
-# AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
-# mask AP 0.15 vs 0.03 after 300 steps). Fresh images every step: one epoch of 3000 steps of 4 generated
-# images. bf16 autocast: on a CPU with bfloat16 instructions the convolutions and matrix products run at
-# bfloat16 speed for the same held-out AP as float32 (benchmarks/recipe_bench_cpu.txt); where the CPU lacks
-# them, --amp off is faster. The run also measures the held-out AP every 500 steps, for notebook 10's curve.
-TINY_SHAPES_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
-                          weight_decay=0.05, warmup=50, amp="bf16", eval_every_steps=500)
-# Model changes for the course run: trainable BatchNorm (training from scratch); 64 sampled RoIs per
-# image instead of 128 (shapes images hold at most six objects, and the box head costs half as much);
-# and the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192). A shape of
-# 12 px then covers 4-5 cells of the stride-4 map P2 instead of 3, enough to tell a small rotated square
-# from a circle: held-out mask AP 0.66 -> 0.75, AP50 0.87 -> 0.92 after the same 3000 steps. It costs
-# little, because the step's time goes mostly to the RoI heads, whose inputs are 7x7 and 14x14 whatever
-# the image size (0.16 -> 0.17 s per step). Predictions come back at the input images' own size.
-TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
-# Steps per run of `ablate`: each variant trains this long with the course recipe's settings.
+# The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in a few minutes
+# on 2 CPU cores. Every value can be overridden on the command line. How each choice was measured:
+# benchmarks/recipe_bench_cpu.txt (this recipe against v1 below) and the README's "Experiments".
+# - AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
+#   mask AP 0.15 vs 0.03 after 300 steps).
+# - Fresh images every step (one epoch of 2200 steps), each with 5-12 shapes where the held-out images
+#   have 1-6: a step then shows the heads twice as many objects (and their occlusions) for little more
+#   work, since the anchors and RoIs sampled per image are fixed in number. That taught more than extra
+#   steps of sparse images did.
+# - bf16 autocast: on a CPU with bfloat16 instructions the convolutions and matrix products run at
+#   bfloat16 speed for the same held-out AP as float32; where the CPU lacks them, --amp off is faster.
+# - The held-out AP every 500 steps, for notebook 10's curve.
+TINY_SHAPES_RECIPE = dict(num_train=8800, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
+                          weight_decay=0.05, warmup=50, amp="bf16", eval_every_steps=500, min_shapes=5,
+                          max_shapes=12)
+# Model changes for the course run:
+# - trainable BatchNorm (training from scratch);
+# - the 128-px images enlarged to 192 px inside the model (min_size = max_size = 192): a shape of 12 px
+#   then covers 4-5 cells of the stride-4 map P2 instead of 3, enough to tell a small rotated square from
+#   a circle (held-out mask AP 0.66 -> 0.75, AP50 0.87 -> 0.92 after the same 3000 steps of v1). The
+#   step's time goes mostly to the RoI heads, whose inputs are 7x7 and 14x14 whatever the image size.
+#   Predictions come back at the input images' own size;
+# - training only, the architecture is unchanged: 64 sampled RoIs per image instead of 128; the mask
+#   loss on 8 of them at most (the mask branch, on every positive, took over a third of a step, and an
+#   image's positives crowd on the same few objects); and fewer RPN proposals (the top 300 per level
+#   before NMS instead of 600, 150 after it instead of 300), which saves NMS time.
+TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192,
+                         mask_batch_size_per_image=8, rpn_pre_nms_top_n_train=300,
+                         rpn_post_nms_top_n_train=150)
+# The first course recipe (before issue 15), kept as the baseline benchmarks/recipe_bench.py times the
+# course recipe against (`train --recipe v1` trains it): float32, 3000 steps of images with 1-6 shapes,
+# the paper's mask loss on every positive RoI, the tiny config's 600 / 300 RPN proposals. Held-out mask AP 0.74.
+V1_RECIPE = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
+                 weight_decay=0.05, warmup=50, amp="off", eval_every_steps=0, min_shapes=1, max_shapes=6)
+V1_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
+RECIPES = {"course": (TINY_SHAPES_RECIPE, TINY_SHAPES_MODEL), "v1": (V1_RECIPE, V1_MODEL)}
+# Steps per run of `ablate`: each variant trains this long (mrcnn_lite/experiments/ablations.py).
 ABLATION_STEPS = 1000
 
 
@@ -280,6 +299,9 @@ def add_train_parser(subparsers) -> None:
                     "Several GPUs: torchrun --nproc_per_node N -m mrcnn_lite train ...")
     p.add_argument("--config", choices=("tiny-shapes", "tiny", "r50-fpn"), default="tiny-shapes",
                    help="model + data preset")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="course",
+                   help="tiny-shapes: the course recipe, or v1, the first one (float32, 3000 steps of sparser "
+                        "images; the baseline of benchmarks/recipe_bench.py). Options given here override it")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--epochs", type=POSITIVE_INT, default=None, help=f"epochs (tiny-shapes: {r['epochs']}, else 12)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=None,
@@ -310,8 +332,15 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="training seed (and shapes train seed; val uses seed + 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("tiny-shapes data")
-    g.add_argument("--num-train", type=POSITIVE_INT, default=r["num_train"], help="generated training images")
-    g.add_argument("--num-val", type=NON_NEGATIVE_INT, default=r["num_val"], help="generated held-out images (0: no evaluation)")
+    g.add_argument("--num-train", type=POSITIVE_INT, default=None,
+                   help=f"generated training images (course recipe: {r['num_train']})")
+    g.add_argument("--num-val", type=NON_NEGATIVE_INT, default=None,
+                   help=f"generated held-out images (0: no evaluation) (course recipe: {r['num_val']})")
+    g.add_argument("--min-shapes", type=NON_NEGATIVE_INT, default=None,
+                   help=f"fewest shapes in a training image (course recipe: {r['min_shapes']}; the held-out "
+                        "images keep ShapesDataset's 1-6)")
+    g.add_argument("--max-shapes", type=POSITIVE_INT, default=None,
+                   help=f"most shapes in a training image (course recipe: {r['max_shapes']})")
     g = p.add_argument_group("your own COCO-format data (--config r50-fpn or tiny)")
     g.add_argument("--images", type=Path, help="training images folder")
     g.add_argument("--annotations", type=Path, help="training COCO annotations JSON")
@@ -343,7 +372,9 @@ def cmd_train(args) -> int:
     device = _device(args.device)
     rank, device = _init_distributed(device)
     shapes = args.config == "tiny-shapes"
-    r = TINY_SHAPES_RECIPE
+    if args.recipe != "course" and not shapes:
+        raise SystemExit(f"error: argument --recipe: {args.recipe} is a recipe of --config tiny-shapes")
+    r, shapes_model = RECIPES[args.recipe]
     pick = lambda value, shapes_default, default: value if value is not None else (
         shapes_default if shapes else default)
 
@@ -351,13 +382,24 @@ def cmd_train(args) -> int:
         if args.images or args.annotations:
             raise SystemExit("error: --config tiny-shapes generates its data; use --config tiny or "
                              "r50-fpn with --images/--annotations")
-        train_set = ShapesDataset(args.num_train, seed=args.seed)
+        for name in ("num_train", "num_val", "min_shapes", "max_shapes"):
+            setattr(args, name, pick(getattr(args, name), r[name], None))
+        if args.min_shapes > args.max_shapes:
+            raise SystemExit(f"error: argument --min-shapes: must be <= --max-shapes ({args.max_shapes}), "
+                             f"got {args.min_shapes}")
+        train_set = ShapesDataset(args.num_train, seed=args.seed, min_shapes=args.min_shapes,
+                                  max_shapes=args.max_shapes)
         val_set = ShapesDataset(args.num_val, seed=args.seed + 1) if args.num_val > 0 else None
         class_names = list(CLASSES)
         label_to_category = list(range(len(CLASSES)))
-        cfg = C.tiny(num_classes=len(CLASSES), **TINY_SHAPES_MODEL)
-        print(f"data: {len(train_set)} generated shapes images for training, "
-              f"{args.num_val} held out (seed {args.seed + 1})")
+        # kept in the checkpoint, so that a notebook can train more of the same (notebook 10's live run)
+        train_data = {"recipe": args.recipe, "train_data": {
+            "dataset": "ShapesDataset", "num_images": args.num_train, "seed": args.seed,
+            "min_shapes": args.min_shapes, "max_shapes": args.max_shapes}}
+        cfg = C.tiny(num_classes=len(CLASSES), **shapes_model)
+        print(f"data: {len(train_set)} generated shapes images for training ({args.min_shapes}-{args.max_shapes} "
+              f"shapes each), {args.num_val} held out (seed {args.seed + 1}, 1-6 shapes each); "
+              f"{args.recipe} recipe")
     else:
         flip = None if args.no_flip else Compose([RandomHorizontalFlip(0.5)])
         # crowd regions are left out of the training targets (CocoInstances' default)
@@ -367,6 +409,7 @@ def cmd_train(args) -> int:
             val_set = _coco_dataset(args.val_images, args.val_annotations, "validation")
         class_names = train_set.class_names
         label_to_category = train_set.label_to_category
+        train_data = {}
         num_classes = len(class_names)  # max category id + 1 (or K + 1 when large ids were relabelled)
         if num_classes < 2:
             raise SystemExit(f"error: {args.annotations} declares no categories")
@@ -412,7 +455,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(model, train_set, tcfg, args.out, val_set=val_set, device=device,
                       evaluate_fn=(lambda m, ds: evaluate(m, ds, device=device)) if val_set is not None else None,
                       meta={"class_names": class_names, "label_to_category": label_to_category,
-                            "command": " ".join(sys.argv)})
+                            "command": " ".join(sys.argv), **train_data})
     if args.resume and not trainer.checkpoint_path.exists():
         print(f"note: --resume but {trainer.checkpoint_path} does not exist; starting a new run")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -690,7 +733,7 @@ def cmd_ablate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = {k: v for k, v in TINY_SHAPES_RECIPE.items()
-              if k not in ("num_train", "num_val", "epochs", "eval_every_steps")}
+              if k not in ("num_train", "num_val", "epochs", "eval_every_steps", "min_shapes", "max_shapes")}
     try:
         command = (f"python -m mrcnn_lite ablate --rows {','.join(args.rows)} --seeds {args.seeds} "
                    f"--steps {args.steps} --num-heldout {args.num_heldout} --jobs {args.jobs} --out {args.out}")

@@ -173,3 +173,15 @@ def test_shipped_results_cover_every_row_with_two_seeds():
     assert all(0.0 <= r["mask_AP"] <= 1.0 and r["steps"] == shipped["steps"] for r in shipped["runs"])
     md = (Path(__file__).resolve().parents[1] / "benchmarks" / "ablations" / "ablations.md").read_text()
     assert md == A.markdown(shipped)  # the committed table is the JSON's
+
+
+def test_ablations_train_the_course_architecture_with_the_papers_sampling():
+    """The grid's model is the course model's network (the same parameters) without the course recipe's
+    training shortcuts: the mask loss on every positive RoI, as in the paper."""
+    from mrcnn_lite.__main__ import TINY_SHAPES_MODEL, V1_MODEL
+    import mrcnn_lite as ml
+    grid, course = ml.config.tiny(num_classes=4, **V1_MODEL), ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL)
+    shapes = lambda cfg: {k: v.shape for k, v in ml.build_model(cfg).state_dict().items()}  # noqa: E731
+    assert shapes(grid) == shapes(course)
+    assert grid.mask_batch_size_per_image is None and course.mask_batch_size_per_image is not None
+    assert A.build_variant("paper", 0).cfg == grid

@@ -67,6 +67,43 @@ def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     assert expected <= set(first), sorted(first)
 
 
+def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir, capsys, tmp_path):
+    """The course recipe's training images hold min_shapes..max_shapes shapes; the held-out split keeps
+    ShapesDataset's default 1-6, the distribution every reported AP is measured on."""
+    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    model = ml.load_checkpoint(run_dir / "checkpoint.pt")
+    assert model.cfg.mask_batch_size_per_image is not None  # the course recipe's capped mask loss
+    out = tmp_path / "crowded"
+    assert main(["train", "--out", str(out), "--num-train", "2", "--num-val", "0", "--batch-size", "2",
+                 "--min-shapes", "7", "--max-shapes", "7"] + FAST) == 0
+    assert "(7-7 shapes each)" in capsys.readouterr().out
+    from mrcnn_lite.engine.checkpoint import read_checkpoint
+    meta = read_checkpoint(out / "checkpoint.pt")["meta"]
+    assert meta["recipe"] == "course" and meta["train_data"] == {
+        "dataset": "ShapesDataset", "num_images": 2, "seed": 0, "min_shapes": 7, "max_shapes": 7}
+    held_out = ShapesDataset(1)  # the default split every AP is measured on
+    assert r["min_shapes"] > held_out.min_shapes and r["max_shapes"] > held_out.max_shapes
+    with pytest.raises(SystemExit, match=r"--min-shapes: must be <= --max-shapes \(3\), got 5"):
+        main(["train", "--out", str(tmp_path / "bad"), "--min-shapes", "5", "--max-shapes", "3"])
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_recipe_v1_trains_the_first_recipe(tmp_path, capsys):
+    from mrcnn_lite.__main__ import V1_MODEL, V1_RECIPE
+    from mrcnn_lite.engine.checkpoint import read_checkpoint
+
+    out = tmp_path / "v1"
+    assert main(["train", "--recipe", "v1", "--out", str(out), "--num-train", "2", "--num-val", "0",
+                 "--batch-size", "2"] + FAST) == 0
+    assert "(1-6 shapes each)" in capsys.readouterr().out
+    state = read_checkpoint(out / "checkpoint.pt")
+    assert state["model_config"] == ml.config.tiny(num_classes=4, **V1_MODEL).to_dict()
+    assert state["model_config"]["mask_batch_size_per_image"] is None  # the paper's: every positive
+    assert (state["train_config"]["amp"], state["train_config"]["lr"]) == (V1_RECIPE["amp"], V1_RECIPE["lr"])
+    with pytest.raises(SystemExit, match="--recipe: v1 is a recipe of --config tiny-shapes"):
+        main(["train", "--config", "tiny", "--recipe", "v1", "--out", str(tmp_path / "x")])
+
+
 def test_load_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     torch.manual_seed(0)
     model = ml.build_model(ml.config.tiny(num_classes=4, box_score_thresh=0.0))

@@ -2,9 +2,10 @@
 
     python -m mrcnn_lite ablate [--rows b,c,d,e,targets,gt] [--seeds 2] [--steps N] --out DIR
 
-Every run trains the course model (``TINY_SHAPES_MODEL``) with the course recipe on the same generated
-training images, for the same number of steps, changed in one part (``variants.py``); a seed sets the
-weight initialisation and the order of the images. Each run is evaluated with COCO AP (pycocotools) on the
+Every run trains the course model's architecture with the paper's training choices (``V1_MODEL``: the mask
+loss on every positive RoI, which the course recipe caps for speed) and the course recipe's optimizer, on the
+same generated training images (ShapesDataset's default 1-6 shapes), for the same number of steps, changed
+in one part (``variants.py``); a seed sets the weight initialisation and the order of the images. Each run is evaluated with COCO AP (pycocotools) on the
 same held-out split (``ShapesDataset(num_heldout, seed=99)``, images no run trained on). Results go to
 ``DIR/ablations.json`` after every run (atomically; a rerun skips the runs already there, so an interrupted
 grid loses at most one run) and ``DIR/ablations.md`` (mean ± sample standard deviation over the seeds).
@@ -78,12 +79,12 @@ METRICS = ("box_AP", "mask_AP", "mask_AP50", "mask_AP75", "train_seconds")
 
 
 def build_variant(name: str, seed: int) -> nn.Module:
-    """The course model with ``seed``'s initialisation, changed by variant ``name``."""
-    from ..__main__ import TINY_SHAPES_MODEL
+    """The course model (``V1_MODEL``) with ``seed``'s initialisation, changed by variant ``name``."""
+    from ..__main__ import V1_MODEL
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     torch.manual_seed(seed)
-    model = build_model(C.tiny(num_classes=len(CLASSES), **TINY_SHAPES_MODEL))
+    model = build_model(C.tiny(num_classes=len(CLASSES), **V1_MODEL))
     # The new parts draw their initialisation after the paper model's, from the same seed.
     return VARIANTS[name][1](model)
 
