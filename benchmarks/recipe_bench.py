@@ -1,104 +1,79 @@
-"""The course recipe (``train --config tiny-shapes``) against a fixed baseline recipe (v1), on one machine.
+"""The course recipe (``train --config tiny-shapes``) against the first one (``--recipe v1``), trained side by side.
 
-``TINY_SHAPES_RECIPE`` / ``TINY_SHAPES_MODEL`` in ``mrcnn_lite/__main__.py`` are what ``make demo``
-trains; ``RECIPE_V1`` / ``MODEL_V1`` below are the recipe issue 15 asks to beat (3000 steps of 4
-images; held-out mask AP 0.743, AP50 0.916), kept here so that any later recipe is timed against it.
-Last result (bf16 autocast, otherwise v1): ``benchmarks/recipe_bench_cpu.txt``. What the bench does, in one run:
+``TINY_SHAPES_RECIPE`` / ``TINY_SHAPES_MODEL`` in ``mrcnn_lite/__main__.py`` are what ``make demo`` trains;
+``V1_RECIPE`` / ``V1_MODEL`` next to them are the recipe issue 15 asked to halve (float32, 3000 steps of 4
+images with 1-6 shapes; held-out mask AP 0.74). Last result: ``benchmarks/recipe_bench_cpu.txt``.
 
-1. **Step cost, interleaved.** One trainer per recipe (its model config, batch size, optimizer, clipping,
-   schedule, fresh ShapesDataset images) takes one real training step in turn (v1, new, v1, new, ...),
-   data generation included; medians after a warm-up. A busy machine slows both alike, so the
-   *ratio* holds even where the absolute times do not. Measured twice: from the fresh initialisation
-   and from the trained weights of step 2 (both recipes' models have the same parameters), because
-   a trained RPN changes how many proposals and positive RoIs a step handles. Both wall time and the
-   process's CPU time are reported: with one thread, CPU time hardly depends on what else runs.
-2. **The new recipe's full run**, through the command line exactly as ``make demo`` runs it
-   (``python -m mrcnn_lite train --config tiny-shapes --out RUN --threads T``), wall time recorded.
-3. **Held-out AP** of that checkpoint on the demo's held-out split (``shapes --seed 99``: 100 images
-   the run never saw, exported as PNG + COCO JSON), through ``evaluate``.
+What the bench does, in one run:
 
-Estimated training time of a recipe = its median step (mean of the two phases) x its number of steps.
-The speed-up is the ratio of the two estimates: a fixed share of each recipe's steps, timed side by
-side, stands for the whole run.
+1. **Both full runs at once**, each through the command line as ``make demo`` runs it
+   (``python -m mrcnn_lite train [--recipe v1] --out RUN --threads 1 --seed S``), one torch thread each, so
+   on a 2-core machine each has a core of its own and both see the same machine at the same time. No
+   evaluation inside the runs (``--num-val 0``): the times are training alone. Each run's wall time and
+   CPU time (its process's, from the operating system) are recorded; with one thread, CPU time hardly
+   depends on what else the machine does. ``--jobs 1`` trains them one after the other instead.
+2. **Held-out AP** of both checkpoints on the course's held-out split, ``ShapesDataset(100, seed=99)`` (as
+   in ``make demo`` and the shipped checkpoint's metrics: images no run trained on, with ShapesDataset's
+   default 1-6 shapes, exported as PNG + COCO JSON by ``shapes --seed 98``), through ``evaluate`` (pycocotools).
+3. The ratio of the training times (course / v1), wall and CPU, and whether the goal holds: at most half
+   of v1's training time, held-out mask AP >= 0.75 and AP50 >= 0.92.
 
-    python benchmarks/recipe_bench.py [--threads 2] [--reps 30] [--out runs/recipe_bench]
-                                      [--run-dir DIR] [--json FILE] [--txt FILE]
+    python benchmarks/recipe_bench.py [--seed 0] [--jobs 2] [--out runs/recipe_bench] [--json FILE] [--txt FILE]
+
+``--num-train N`` and ``--num-heldout N`` shorten both runs and the held-out split: a check of the bench
+itself (tests/test_recipe_bench.py), not of the recipes.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
+from mrcnn_lite.__main__ import RECIPES
 
-from mrcnn_lite import config as C
-from mrcnn_lite.__main__ import TINY_SHAPES_MODEL, TINY_SHAPES_RECIPE
-from mrcnn_lite.data import CLASSES, ShapesDataset
-from mrcnn_lite.engine import TrainConfig, Trainer
-from mrcnn_lite.engine.trainer import collate
-from mrcnn_lite.model.mask_rcnn import build_model
-
-CLIP_GRAD_NORM = 10.0  # the train command's default
-
-# The baseline: the tiny-shapes recipe as issue 15 found it.
-RECIPE_V1 = dict(num_train=12000, num_val=50, epochs=1, batch_size=4, optimizer="adamw", lr=2e-3,
-                 weight_decay=0.05, warmup=50)
-MODEL_V1 = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192)
+GOAL_TIME_RATIO = 0.5   # issue 15: at most half of v1's training time ...
+GOAL_MASK_AP = 0.75     # ... for a held-out mask AP of at least 0.75 ...
+GOAL_MASK_AP50 = 0.92   # ... and AP50 of at least 0.92
+HELDOUT_SEED = 99
 
 
-def recipe_steps(recipe: dict) -> int:
-    return math.ceil(recipe["num_train"] / recipe["batch_size"]) * recipe["epochs"]
+def train_command(recipe: str, out: Path, seed: int, num_train=None) -> list:
+    cmd = [sys.executable, "-m", "mrcnn_lite", "train", "--recipe", recipe, "--out", out, "--threads", 1,
+           "--seed", seed, "--no-progress", "--num-val", 0]
+    if num_train:
+        cmd += ["--num-train", num_train]
+    return [str(c) for c in cmd]
 
 
-def make_stepper(recipe: dict, model_changes: dict, out_dir: Path, seed: int, state_dict=None):
-    """A zero-argument function that takes one training step of ``recipe`` (next batch generated inside)."""
-    torch.manual_seed(seed)
-    model = build_model(C.tiny(num_classes=len(CLASSES), **model_changes))
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
-    train_set = ShapesDataset(recipe["num_train"], seed=seed)
-    tcfg = TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                       optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
-                       warmup_iters=recipe["warmup"], clip_grad_norm=CLIP_GRAD_NORM, amp=recipe.get("amp", "off"),
-                       seed=seed, progress=False)
-    trainer = Trainer(model, train_set, tcfg, out_dir)
-    trainer.model.train()
-    batches = iter(DataLoader(train_set, batch_size=recipe["batch_size"], shuffle=False, collate_fn=collate))
-    return lambda: trainer.train_step(*next(batches))
+def start(cmd: list, log_path: Path):
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, time.perf_counter()
 
 
-def time_steps(reps: int, warmup: int, seed: int, out: Path, state_dict=None):
-    """Median wall and CPU (this process, all threads) seconds per step of each recipe, interleaved."""
-    fns = {"v1": make_stepper(RECIPE_V1, MODEL_V1, out / "v1", seed, state_dict),
-           "new": make_stepper(TINY_SHAPES_RECIPE, TINY_SHAPES_MODEL, out / "new", seed, state_dict)}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall[k].append(time.perf_counter() - w0)
-            cpu[k].append(time.process_time() - c0)
-    med = lambda d: {k: statistics.median(v) for k, v in d.items()}
-    return med(wall), med(cpu)
+def finish(proc, log, t0, log_path: Path) -> dict:
+    """Wait for ``proc``; its wall seconds, CPU seconds (user + system, from wait4) and printed train time."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    log.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = log_path.read_text()
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(proc.args)} failed ({proc.returncode}):\n{text[-3000:]}")
+    m = re.search(r"trained in ([\d.]+) s", text)
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "trained_in_s": float(m.group(1)) if m else None}
 
 
-def run(cmd, log) -> str:
-    log("$ " + " ".join(str(c) for c in cmd))
-    env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
+def run(cmd: list, log) -> str:
+    log("$ " + " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
     if proc.returncode != 0:
         raise SystemExit(f"error: command failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -106,22 +81,15 @@ def run(cmd, log) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads, for the timing and the run (default 2)")
-    ap.add_argument("--reps", type=int, default=30, help="interleaved timed steps per recipe and phase (default 30)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per recipe first (default 3)")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (default 0)")
+    ap.add_argument("--jobs", type=int, choices=(1, 2), default=2,
+                    help="2: both runs at once, one core each (default); 1: one after the other")
     ap.add_argument("--out", type=Path, default=Path("runs/recipe_bench"), help="work folder")
-    ap.add_argument("--run-dir", type=Path, default=None, help="the new recipe's run folder (default OUT/train)")
-    ap.add_argument("--reuse-run", action="store_true",
-                    help="skip the full run: time and evaluate the checkpoint already in --run-dir "
-                         "(made by an earlier bench or by the train command with the current recipe)")
-    ap.add_argument("--num-train", type=int, default=None,
-                    help="shorten the full run to this many images (a check of the bench itself, not of the recipe)")
+    ap.add_argument("--num-train", type=int, default=None, help="shorten both runs to this many images (bench check)")
+    ap.add_argument("--num-heldout", type=int, default=100, help="held-out images (default 100)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (JSON)")
     ap.add_argument("--txt", type=Path, default=None, help="also write the printed report here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    run_dir = args.run_dir or args.out / "train"
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
 
@@ -129,81 +97,69 @@ def main(argv=None) -> int:
         print(s, flush=True)
         lines.append(s)
 
-    recipes = {"v1": (RECIPE_V1, MODEL_V1), "new": (TINY_SHAPES_RECIPE, TINY_SHAPES_MODEL)}
-    log(f"torch={torch.__version__} threads={args.threads} cpus={os.cpu_count()} seed={args.seed} "
-        f"reps={args.reps} (interleaved medians)")
-    for name, (r, m) in recipes.items():
-        log(f"{name:>4}: {recipe_steps(r)} steps x {r['batch_size']} images, {r['optimizer']} lr {r['lr']} "
-            f"wd {r['weight_decay']} warmup {r['warmup']}; model {m}")
+    import torch
+    log(f"torch={torch.__version__} cpus={os.cpu_count()} {platform.processor() or platform.machine()} "
+        f"seed={args.seed} jobs={args.jobs}, one torch thread per run")
+    for name, (r, m) in RECIPES.items():
+        steps = -(-r["num_train"] // r["batch_size"]) * r["epochs"]
+        log(f"{name:>6}: {steps} steps x {r['batch_size']} images of {r['min_shapes']}-{r['max_shapes']} shapes, "
+            f"amp {r['amp']}, {r['optimizer']} lr {r['lr']} wd {r['weight_decay']} warmup {r['warmup']}; "
+            f"model {m}")
 
-    # 1. step cost from the fresh initialisation
+    # 1. both full runs
+    results = {}
+    cmds = {name: train_command(name, args.out / name, args.seed, args.num_train) for name in RECIPES}
+    for cmd in cmds.values():
+        log("$ " + " ".join(cmd))
     t0 = time.perf_counter()
-    fresh, fresh_cpu = time_steps(args.reps, args.warmup, args.seed, args.out / "timing", None)
-    log(f"step cost, fresh weights: v1 {fresh['v1'] * 1e3:.1f} ms, new {fresh['new'] * 1e3:.1f} ms "
-        f"(load {os.getloadavg()[0]:.1f}, {time.perf_counter() - t0:.0f} s)")
-
-    # 2. the new recipe's full run, exactly as `make demo` trains it
-    if args.reuse_run:
-        trained_s = None
-        log(f"new recipe full run: reusing {run_dir / 'checkpoint.pt'} (not timed here)")
+    if args.jobs == 2:
+        started = {name: start(cmd, args.out / f"{name}.log") for name, cmd in cmds.items()}
+        for name, (proc, f, t) in started.items():
+            results[name] = finish(proc, f, t, args.out / f"{name}.log")
     else:
-        t0 = time.perf_counter()
-        out = run([sys.executable, "-m", "mrcnn_lite", "train", "--config", "tiny-shapes", "--out", run_dir,
-                   "--threads", args.threads, "--seed", args.seed, "--no-progress", "--eval-every-steps", 0]
-                  + (["--num-train", args.num_train] if args.num_train else []), log)
-        wall = time.perf_counter() - t0
-        m = re.search(r"trained in ([\d.]+) s", out)
-        trained_s = float(m.group(1)) if m else None
-        log(f"new recipe full run: trained in {trained_s} s ({wall:.0f} s with start-up; "
-            f"load {os.getloadavg()[0]:.1f})")
+        for name, cmd in cmds.items():
+            results[name] = finish(*start(cmd, args.out / f"{name}.log"), args.out / f"{name}.log")
+    log(f"trained both in {time.perf_counter() - t0:.0f} s (load {os.getloadavg()[0]:.1f})")
 
-    # 3. step cost again, from the trained weights (same parameters in both recipes' models)
-    from mrcnn_lite.engine.checkpoint import read_checkpoint
-    state = read_checkpoint(run_dir / "checkpoint.pt")["model"]
-    t0 = time.perf_counter()
-    trained, trained_cpu = time_steps(args.reps, args.warmup, args.seed + 1, args.out / "timing", state)
-    log(f"step cost, trained weights: v1 {trained['v1'] * 1e3:.1f} ms, new {trained['new'] * 1e3:.1f} ms "
-        f"(load {os.getloadavg()[0]:.1f}, {time.perf_counter() - t0:.0f} s)")
-
-    # 4. held-out AP, through the COCO path of `make demo`
+    # 2. held-out AP, through the COCO path of `make demo`
     heldout = args.out / "heldout"
-    run([sys.executable, "-m", "mrcnn_lite", "shapes", "--out", heldout, "--num-train", "0", "--num-val", "100",
-         "--seed", "99"], log)
-    run([sys.executable, "-m", "mrcnn_lite", "evaluate", "--checkpoint", run_dir / "checkpoint.pt",
-         "--threads", args.threads, "--images", heldout / "val" / "images",
-         "--annotations", heldout / "val" / "annotations.json", "--out", args.out / "heldout_metrics.json"], log)
-    metrics = json.loads((args.out / "heldout_metrics.json").read_text())
+    # `shapes --seed S` writes its val split with seed S + 1
+    run([sys.executable, "-m", "mrcnn_lite", "shapes", "--out", str(heldout), "--num-train", "0",
+         "--num-val", str(args.num_heldout), "--seed", str(HELDOUT_SEED - 1)], log)
+    for name in RECIPES:
+        metrics_path = args.out / f"{name}_heldout_metrics.json"
+        run([sys.executable, "-m", "mrcnn_lite", "evaluate", "--checkpoint", str(args.out / name / "checkpoint.pt"),
+             "--threads", "1", "--images", str(heldout / "val" / "images"),
+             "--annotations", str(heldout / "val" / "annotations.json"), "--out", str(metrics_path)], log)
+        metrics = json.loads(metrics_path.read_text())
+        results[name].update({"box_AP": metrics["bbox"]["AP"], "mask_AP": metrics["segm"]["AP"],
+                              "mask_AP50": metrics["segm"]["AP50"], "mask_AP75": metrics["segm"]["AP75"]})
 
-    est, est_cpu = {}, {}
+    # 3. the report
     log("")
-    log("median seconds per step, interleaved (wall | CPU time of the process), and the estimated training time")
-    log(f"{'recipe':<7}{'steps':>6}{'images':>8}{'fresh wall':>12}{'trained wall':>14}{'est. train s':>14}"
-        f"{'fresh cpu':>11}{'trained cpu':>13}{'est. cpu s':>12}")
-    for name, (r, _) in recipes.items():
-        est[name] = (fresh[name] + trained[name]) / 2 * recipe_steps(r)
-        est_cpu[name] = (fresh_cpu[name] + trained_cpu[name]) / 2 * recipe_steps(r)
-        log(f"{name:<7}{recipe_steps(r):>6}{r['batch_size']:>8}{fresh[name]:>12.3f}{trained[name]:>14.3f}"
-            f"{est[name]:>14.1f}{fresh_cpu[name]:>11.3f}{trained_cpu[name]:>13.3f}{est_cpu[name]:>12.1f}")
-    ratio = est["new"] / est["v1"]
-    ratio_cpu = est_cpu["new"] / est_cpu["v1"]
-    log(f"training time new / v1: {ratio:.3f} wall ({1 / ratio:.2f}x faster), {ratio_cpu:.3f} CPU time "
-        f"({1 / ratio_cpu:.2f}x)")
-    log(f"new recipe, measured full run: trained in {trained_s} s"
-        + (f" (SHORTENED to {args.num_train} images by --num-train)" if args.num_train else ""))
-    b, s = metrics["bbox"], metrics["segm"]
-    log(f"held-out (shapes seed 99, 100 images): box AP {b['AP']:.3f} AP50 {b['AP50']:.3f} AP75 {b['AP75']:.3f} | "
-        f"mask AP {s['AP']:.3f} AP50 {s['AP50']:.3f} AP75 {s['AP75']:.3f}")
+    log(f"held-out: ShapesDataset({args.num_heldout}, seed={HELDOUT_SEED}); times: training only")
+    log(f"{'recipe':<8}{'wall s':>8}{'CPU s':>8}{'box AP':>8}{'mask AP':>9}{'AP50':>7}{'AP75':>7}")
+    for name, r in results.items():
+        log(f"{name:<8}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['box_AP']:>8.3f}{r['mask_AP']:>9.3f}"
+            f"{r['mask_AP50']:>7.3f}{r['mask_AP75']:>7.3f}")
+    ratio_wall = results["course"]["wall_s"] / results["v1"]["wall_s"]
+    ratio_cpu = results["course"]["cpu_s"] / results["v1"]["cpu_s"]
+    log(f"training time course / v1: {ratio_wall:.3f} wall ({1 / ratio_wall:.2f}x faster), "
+        f"{ratio_cpu:.3f} CPU ({1 / ratio_cpu:.2f}x)")
+    c = results["course"]
+    met = {"time": max(ratio_wall, ratio_cpu) <= GOAL_TIME_RATIO, "mask_AP": c["mask_AP"] >= GOAL_MASK_AP,
+           "mask_AP50": c["mask_AP50"] >= GOAL_MASK_AP50}
+    log(f"goal: time <= {GOAL_TIME_RATIO} of v1 (wall and CPU): {'met' if met['time'] else 'NOT met'}; "
+        f"mask AP >= {GOAL_MASK_AP}: {'met' if met['mask_AP'] else 'NOT met'}; "
+        f"AP50 >= {GOAL_MASK_AP50}: {'met' if met['mask_AP50'] else 'NOT met'}"
+        + (f"  (SHORTENED runs of {args.num_train} images: a check of the bench, not of the recipes)"
+           if args.num_train else ""))
 
-    result = {
-        "torch": torch.__version__, "threads": args.threads, "seed": args.seed, "reps": args.reps,
-        "recipes": {k: {"recipe": r, "model": mc, "steps": recipe_steps(r)} for k, (r, mc) in recipes.items()},
-        "step_wall_s": {"fresh": fresh, "trained": trained},
-        "step_cpu_s": {"fresh": fresh_cpu, "trained": trained_cpu},
-        "estimated_training_s": est, "estimated_training_cpu_s": est_cpu,
-        "ratio_new_over_v1": ratio, "ratio_new_over_v1_cpu": ratio_cpu,
-        "new_full_run_trained_s": trained_s, "new_full_run_num_train": args.num_train, "heldout": metrics,
-        "run_dir": str(run_dir),
-    }
+    result = {"torch": torch.__version__, "cpus": os.cpu_count(), "seed": args.seed, "jobs": args.jobs,
+              "num_train": args.num_train, "heldout": f"ShapesDataset({args.num_heldout}, seed={HELDOUT_SEED})",
+              "recipes": {name: {"recipe": r, "model": m} for name, (r, m) in RECIPES.items()},
+              "commands": cmds, "results": results, "ratio_wall": ratio_wall, "ratio_cpu": ratio_cpu,
+              "goal_met": met}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.txt:
