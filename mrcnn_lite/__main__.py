@@ -33,7 +33,7 @@ from pathlib import Path
 
 # The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in a few minutes
 # on 2 CPU cores. Every value can be overridden on the command line. How each choice was measured:
-# benchmarks/recipe_bench_cpu.txt (this recipe against v1 below) and the README's "Experiments".
+# benchmarks/recipe_bench_cpu.txt (this recipe against v1 below) and the README's "The course recipe".
 # - AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
 #   mask AP 0.15 vs 0.03 after 300 steps).
 # - Fresh images every step (one epoch of 2200 steps), each with 5-12 shapes where the held-out images
@@ -393,7 +393,7 @@ def cmd_train(args) -> int:
         class_names = list(CLASSES)
         label_to_category = list(range(len(CLASSES)))
         # kept in the checkpoint, so that a notebook can train more of the same (notebook 10's live run)
-        train_data = {"recipe": args.recipe, "train_data": {
+        data_meta = {"recipe": args.recipe, "train_data": {
             "dataset": "ShapesDataset", "num_images": args.num_train, "seed": args.seed,
             "min_shapes": args.min_shapes, "max_shapes": args.max_shapes}}
         cfg = C.tiny(num_classes=len(CLASSES), **shapes_model)
@@ -409,7 +409,7 @@ def cmd_train(args) -> int:
             val_set = _coco_dataset(args.val_images, args.val_annotations, "validation")
         class_names = train_set.class_names
         label_to_category = train_set.label_to_category
-        train_data = {}
+        data_meta = {}
         num_classes = len(class_names)  # max category id + 1 (or K + 1 when large ids were relabelled)
         if num_classes < 2:
             raise SystemExit(f"error: {args.annotations} declares no categories")
@@ -455,7 +455,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(model, train_set, tcfg, args.out, val_set=val_set, device=device,
                       evaluate_fn=(lambda m, ds: evaluate(m, ds, device=device)) if val_set is not None else None,
                       meta={"class_names": class_names, "label_to_category": label_to_category,
-                            "command": " ".join(sys.argv), **train_data})
+                            "command": " ".join(sys.argv), **data_meta})
     if args.resume and not trainer.checkpoint_path.exists():
         print(f"note: --resume but {trainer.checkpoint_path} does not exist; starting a new run")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
