@@ -75,7 +75,7 @@ def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir,
     assert model.cfg.mask_batch_size_per_image is not None  # the course recipe's capped mask loss
     out = tmp_path / "crowded"
     assert main(["train", "--out", str(out), "--num-train", "2", "--num-val", "0", "--batch-size", "2",
-                 "--min-shapes", "7", "--max-shapes", "7"] + FAST) == 0
+                 "--min-shapes", "7", "--max-shapes", "7", "--no-progress", "--threads", "1"]) == 0
     assert "(7-7 shapes each)" in capsys.readouterr().out
     from mrcnn_lite.engine.checkpoint import read_checkpoint
     meta = read_checkpoint(out / "checkpoint.pt")["meta"]
@@ -94,7 +94,7 @@ def test_recipe_v1_trains_the_first_recipe(tmp_path, capsys):
 
     out = tmp_path / "v1"
     assert main(["train", "--recipe", "v1", "--out", str(out), "--num-train", "2", "--num-val", "0",
-                 "--batch-size", "2"] + FAST) == 0
+                 "--batch-size", "2", "--no-progress", "--threads", "1"]) == 0
     assert "(1-6 shapes each)" in capsys.readouterr().out
     state = read_checkpoint(out / "checkpoint.pt")
     assert state["model_config"] == ml.config.tiny(num_classes=4, **V1_MODEL).to_dict()
