@@ -382,8 +382,9 @@ def cmd_train(args) -> int:
         if args.images or args.annotations:
             raise SystemExit("error: --config tiny-shapes generates its data; use --config tiny or "
                              "r50-fpn with --images/--annotations")
-        for name in ("num_train", "num_val", "min_shapes", "max_shapes"):
-            setattr(args, name, pick(getattr(args, name), r[name], None))
+        for name in ("num_train", "num_val", "min_shapes", "max_shapes"):  # the recipe's, unless given
+            if getattr(args, name) is None:
+                setattr(args, name, r[name])
         if args.min_shapes > args.max_shapes:
             raise SystemExit(f"error: argument --min-shapes: must be <= --max-shapes ({args.max_shapes}), "
                              f"got {args.min_shapes}")

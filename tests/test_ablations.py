@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mrcnn_lite as ml
 from mrcnn_lite import ops
 from mrcnn_lite.__main__ import main
 from mrcnn_lite.data import ShapesDataset
@@ -179,7 +180,6 @@ def test_ablations_train_the_course_architecture_with_the_papers_sampling():
     """The grid's model is the course model's network (the same parameters) without the course recipe's
     training shortcuts: the mask loss on every positive RoI, as in the paper."""
     from mrcnn_lite.__main__ import TINY_SHAPES_MODEL, V1_MODEL
-    import mrcnn_lite as ml
     grid, course = ml.config.tiny(num_classes=4, **V1_MODEL), ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL)
     shapes = lambda cfg: {k: v.shape for k, v in ml.build_model(cfg).state_dict().items()}  # noqa: E731
     assert shapes(grid) == shapes(course)

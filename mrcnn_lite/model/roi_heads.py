@@ -36,9 +36,9 @@ class RoIHeads(nn.Module):
         intermediates: optional dict, filled with the branch's inner results (for the notebooks)
     ``batched_nms`` and ``roi_align`` (keyword arguments) are the kernels to call;
     ``mask_batch_size_per_image`` (keyword, training only) caps the RoIs per image that the mask loss
-    sees, drawn at random from the positives (None, the default: every positive, as in the paper). The constructor takes
-    torchvision's arguments in torchvision's order; the keypoint branch (Keypoint R-CNN) is not built here,
-    so ``keypoint_*`` must stay None.
+    sees, drawn at random from the positives (None, the default: every positive, as in the paper).
+    The constructor takes torchvision's arguments in torchvision's order; the keypoint branch (Keypoint
+    R-CNN) is not built here, so ``keypoint_*`` must stay None.
 
     torchvision's methods are here too (``add_gt_proposals``, ``assign_targets_to_proposals``, ``subsample``,
     ``check_targets``, ``select_training_samples``, ``postprocess_detections``, ``has_mask``,
