@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mrcnn_lite as ml
+from conftest import assert_same_detections
 from mrcnn_lite.__main__ import build_parser, main
 from mrcnn_lite.data import CLASSES, ShapesDataset, export_coco
 from mrcnn_lite.engine import TrainConfig, Trainer
@@ -24,7 +25,7 @@ MINI_VAL = ROOT / "data" / "shapes-mini" / "val"
 FAST = ["--no-progress", "--threads", "2"]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench", "shapes"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "shapes", "export", "bench", "ablate"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])
@@ -48,13 +49,13 @@ def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     assert len(metrics["train"]) == 2 and metrics["train"][-1]["step"] == 2
     assert set(metrics["eval"][-1]["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     model = ml.load_checkpoint(run_dir / "checkpoint.pt")
-    from mrcnn_lite.__main__ import TINY_SHAPES_MODEL
+    from mrcnn_lite.recipes import TINY_SHAPES_MODEL
     assert model.cfg == ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL) and not model.training
 
 
 def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     """The course run trains with the recipe's optimizer and weight decay; --lr on the command line wins."""
-    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as r
     from mrcnn_lite.engine.checkpoint import read_checkpoint
 
     state = read_checkpoint(run_dir / "checkpoint.pt")
@@ -70,7 +71,7 @@ def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
 def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir, capsys, tmp_path):
     """The course recipe's training images hold min_shapes..max_shapes shapes; the held-out split keeps
     ShapesDataset's default 1-6, the distribution every reported AP is measured on."""
-    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as r
     model = ml.load_checkpoint(run_dir / "checkpoint.pt")
     assert model.cfg.mask_batch_size_per_image is not None  # the course recipe's capped mask loss
     out = tmp_path / "crowded"
@@ -89,7 +90,7 @@ def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir,
 
 
 def test_recipe_v1_trains_the_first_recipe(tmp_path, capsys):
-    from mrcnn_lite.__main__ import V1_MODEL, V1_RECIPE
+    from mrcnn_lite.recipes import V1_MODEL, V1_RECIPE
     from mrcnn_lite.engine.checkpoint import read_checkpoint
 
     out = tmp_path / "v1"
@@ -115,11 +116,7 @@ def test_load_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     images = [ShapesDataset(2, seed=9)[i][0] for i in range(2)]
     model.eval()
     with torch.no_grad():
-        a, b = model(images), loaded(images)
-    assert sum(len(o["boxes"]) for o in a) > 0
-    for oa, ob in zip(a, b):
-        for k in ("boxes", "labels", "scores", "masks"):
-            assert torch.equal(oa[k], ob[k]), k
+        assert_same_detections(model(images), loaded(images))
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -242,10 +239,10 @@ def test_torchvision_weights_with_another_class_count_reinitialise_the_predictor
 
 
 def test_bench_hook_is_wired():
-    import mrcnn_lite.__main__ as cli
+    from mrcnn_lite.cli.bench import cmd_bench
 
     args = build_parser().parse_args(["bench"])
-    assert args.func is cli.cmd_bench and args.kernels == "fast"
+    assert args.func is cmd_bench and args.kernels == "fast"
     args = build_parser().parse_args(["bench", "--kernels", "both", "--quick", "--threads", "2"])
     assert (args.kernels, args.quick, args.threads) == ("both", True, 2)
 
