@@ -1,4 +1,4 @@
-"""The command line fails early, in one line, and keeps what it did (issue 18, "The CLI fails early").
+"""The command line fails early, in one line, and keeps what it did.
 
 Runs are a step or two of the tiny model on a few 128-px images."""
 import json

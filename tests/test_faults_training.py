@@ -1,4 +1,4 @@
-"""Training faults (issue 18, "Training and checkpoints"): divergence, kills, stray files, resumes
+"""Training faults: divergence, kills, stray files, resumes
 with other settings. The toy detector of test_engine keeps most of these to a second or two."""
 import json
 import os
