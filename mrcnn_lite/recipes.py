@@ -34,7 +34,7 @@ TINY_SHAPES_RECIPE = dict(num_train=8800, num_val=50, epochs=1, batch_size=4, op
 TINY_SHAPES_MODEL = dict(norm="bn", box_batch_size_per_image=64, min_size=192, max_size=192,
                          mask_batch_size_per_image=8, rpn_pre_nms_top_n_train=300,
                          rpn_post_nms_top_n_train=150)
-# v1, the baseline benchmarks/recipe_bench.py times the course recipe against (`train --recipe v1`
+# v1, the baseline tools/recipe_bench.py times the course recipe against (`train --recipe v1`
 # trains it), and the model every ablation variant starts from: float32, 3000 steps of images with
 # 1-6 shapes, the paper's mask loss on every positive RoI, the tiny config's 600 / 300 RPN proposals.
 # Held-out mask AP 0.74.

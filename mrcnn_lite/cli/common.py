@@ -67,11 +67,12 @@ POSITIVE_FLOAT, NON_NEGATIVE_FLOAT = float_in(0.0, low_open=True), float_in(0.0)
 PROBABILITY = float_in(0.0, 1.0)
 
 
-def add_checkpoint_command(subparsers, name: str, help: str, description: str,
-                           **kwargs) -> argparse.ArgumentParser:
-    """Register command ``name`` that reads a training checkpoint (its required ``--checkpoint``)."""
-    p = subparsers.add_parser(name, help=help, description=description, **kwargs)
+def add_checkpoint_command(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
+    """Register command ``name``, run by ``func(args)``, that reads a training checkpoint (its required
+    ``--checkpoint``); ``func``'s docstring is the command's description in ``--help``."""
+    p = subparsers.add_parser(name, help=help, description=func.__doc__)
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by train")
+    p.set_defaults(func=func)
     return p
 
 

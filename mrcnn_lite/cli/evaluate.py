@@ -10,12 +10,8 @@ from .common import (POSITIVE_INT, PROBABILITY, add_checkpoint_command, check_ou
 
 
 def add_evaluate_parser(subparsers) -> None:
-    p = add_checkpoint_command(
-        subparsers, "evaluate", help="COCO box and mask AP of a checkpoint on a COCO-format dataset",
-        description="Run a checkpoint over a COCO-format dataset and print pycocotools' summary for boxes "
-                    "and masks. The model's labels are turned into the file's category ids with the mapping "
-                    "saved by train (label = category id for ids up to 1000). "
-                    'With --out, writes {"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...}} as JSON.')
+    p = add_checkpoint_command(subparsers, "evaluate", cmd_evaluate,
+                               help="COCO box and mask AP of a checkpoint on a COCO-format dataset")
     p.add_argument("--images", required=True, type=Path, help="images folder")
     p.add_argument("--annotations", required=True, type=Path, help="COCO annotations JSON")
     p.add_argument("--out", type=Path, help="write the metrics dict here (JSON)")
@@ -23,10 +19,14 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default 4)")
     p.add_argument("--mask-threshold", type=PROBABILITY, default=0.5, help="mask probability threshold (default 0.5)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch")
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
+    """Run a checkpoint over a COCO-format dataset and print pycocotools' summary for boxes and masks.
+    The model's labels are turned into the file's category ids with the mapping saved by train
+    (label = category id for ids up to 1000). With --out, writes {"bbox": {AP, AP50, AP75, APs, APm,
+    APl}, "segm": {...}} as JSON.
+    """
     import torch
 
     from ..engine.checkpoint import atomic_write_text

@@ -10,13 +10,8 @@ from .common import (PROBABILITY, add_checkpoint_command, check_out_dir, class_n
 
 
 def add_predict_parser(subparsers) -> None:
-    p = add_checkpoint_command(
-        subparsers, "predict", help="run a checkpoint on images; write overlay PNGs and detections JSON",
-        description="For each IMAGE writes OUT/<name>.png (the image with masks, boxes, labels and scores "
-                    "drawn) and, for all images, OUT/detections.json: per image its path, size and a "
-                    "list of {box [x1, y1, x2, y2], label, category_id, label_name, score, mask (COCO RLE or "
-                    "polygons)}. Files that cannot be read are reported and skipped; the others are still "
-                    "predicted, and the exit status is then 1.")
+    p = add_checkpoint_command(subparsers, "predict", cmd_predict,
+                               help="run a checkpoint on images; write overlay PNGs and detections JSON")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                    help="image files (PNG, JPEG, ...) or folders (every image file in them)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -24,7 +19,6 @@ def add_predict_parser(subparsers) -> None:
     p.add_argument("--mask-threshold", type=PROBABILITY, default=0.5, help="mask probability threshold (default 0.5)")
     p.add_argument("--mask-format", choices=("rle", "polygon"), default="rle", help="mask encoding in the JSON")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.set_defaults(func=cmd_predict)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -45,18 +39,17 @@ def _image_files(paths) -> list:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
+    """For each IMAGE writes OUT/<name>.png (the image with masks, boxes, labels and scores drawn) and,
+    for all images, OUT/detections.json: per image its path, size and a list of {box [x1, y1, x2,
+    y2], label, category_id, label_name, score, mask (COCO RLE or polygons)}. Files that cannot be
+    read are reported and skipped; the others are still predicted, and the exit status is then 1.
+    """
     import torch
 
-    from ..data import image_to_tensor, mask_to_polygons, mask_to_rle, read_rgb
+    from ..data import image_to_tensor, read_rgb
+    from ..engine.checkpoint import atomic_write_text
 
     use_agg()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ..engine.checkpoint import atomic_write_text
-    from ..viz import draw_instances
-
     files = _image_files(args.images)
     check_out_dir(args.out)
     device = device_arg(args.device)
@@ -76,26 +69,13 @@ def cmd_predict(args) -> int:
             out = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
         keep = out["scores"] >= args.score_thresh
         out = {k: v[keep] for k, v in out.items()}
-        masks = (out["masks"][:, 0] >= args.mask_threshold).numpy().astype(np.uint8)
-        dets = []
-        for i in range(len(out["scores"])):
-            label = int(out["labels"][i])
-            mask = mask_to_rle(masks[i]) if args.mask_format == "rle" else mask_to_polygons(masks[i])
-            dets.append({"box": [round(float(v), 2) for v in out["boxes"][i]], "label": label,
-                         "category_id": mapping[label] if label < len(mapping) else label,
-                         "label_name": names[label] if label < len(names) else str(label),
-                         "score": round(float(out["scores"][i]), 4), "mask": mask})
+        dets = _detections(out, args.mask_threshold, args.mask_format, names, mapping)
         stem = path.stem
         while stem in used:  # two inputs with the same name from different folders
             stem += "_"
         used.add(stem)
-        fig = Figure(figsize=(5, 5 * image.shape[1] / image.shape[2]), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes((0, 0, 1, 1))
-        draw_instances(image, out["boxes"], out["labels"], out["scores"], out["masks"], class_names=names,
-                       ax=ax, score_thresh=args.score_thresh, mask_thresh=args.mask_threshold)
         overlay = args.out / f"{stem}.png"
-        fig.savefig(overlay)
+        _write_overlay(overlay, image, out, names, args.score_thresh, args.mask_threshold)
         results.append({"image": str(path), "overlay": str(overlay), "height": int(image.shape[1]),
                         "width": int(image.shape[2]), "detections": dets})
         print(f"{path}: {len(dets)} detections -> {overlay}")
@@ -106,3 +86,37 @@ def cmd_predict(args) -> int:
               + ", ".join(str(p) for p in failed), file=sys.stderr)
         return 1
     return 0
+
+
+def _detections(out: dict, mask_threshold: float, mask_format: str, names: list, mapping: list) -> list:
+    """One image's detections as JSON-ready dicts: box, label, category id, label name, score, mask
+    (``mask_format``: ``"rle"`` or ``"polygon"``) thresholded at ``mask_threshold``."""
+    import numpy as np
+
+    from ..data import mask_to_polygons, mask_to_rle
+
+    masks = (out["masks"][:, 0] >= mask_threshold).numpy().astype(np.uint8)
+    dets = []
+    for i in range(len(out["scores"])):
+        label = int(out["labels"][i])
+        mask = mask_to_rle(masks[i]) if mask_format == "rle" else mask_to_polygons(masks[i])
+        dets.append({"box": [round(float(v), 2) for v in out["boxes"][i]], "label": label,
+                     "category_id": mapping[label] if label < len(mapping) else label,
+                     "label_name": names[label] if label < len(names) else str(label),
+                     "score": round(float(out["scores"][i]), 4), "mask": mask})
+    return dets
+
+
+def _write_overlay(path: Path, image, out: dict, names: list, score_thresh: float, mask_threshold: float) -> None:
+    """The image with the detections' masks, boxes, labels and scores drawn, saved as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..viz import draw_instances
+
+    fig = Figure(figsize=(5, 5 * image.shape[1] / image.shape[2]), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    draw_instances(image, out["boxes"], out["labels"], out["scores"], out["masks"], class_names=names,
+                   ax=ax, score_thresh=score_thresh, mask_thresh=mask_threshold)
+    fig.savefig(path)
