@@ -42,6 +42,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     for name in ("checkpoint.pt", "metrics.json", "metrics.csv", "losses.png"):
         assert (run_dir / name).stat().st_size > 0, name
@@ -53,6 +54,7 @@ def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     assert model.cfg == ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL) and not model.training
 
 
+@pytest.mark.slow
 def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     """The course run trains with the recipe's optimizer and weight decay; --lr on the command line wins."""
     from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as r
@@ -68,6 +70,7 @@ def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     assert expected <= set(first), sorted(first)
 
 
+@pytest.mark.slow
 def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir, capsys, tmp_path):
     """The course recipe's training images hold min_shapes..max_shapes shapes; the held-out split keeps
     ShapesDataset's default 1-6, the distribution every reported AP is measured on."""
@@ -89,6 +92,7 @@ def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir,
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_recipe_v1_trains_the_first_recipe(tmp_path, capsys):
     from mrcnn_lite.recipes import V1_MODEL, V1_RECIPE
     from mrcnn_lite.engine.checkpoint import read_checkpoint
@@ -134,6 +138,7 @@ def test_load_checkpoint_errors(tmp_path):
         ml.load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_shipped_val_set_writes_the_metrics_dict(run_dir, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoint.pt"), "--images", str(MINI_VAL / "images"),
@@ -147,6 +152,7 @@ def test_evaluate_on_the_shipped_val_set_writes_the_metrics_dict(run_dir, tmp_pa
     assert "box  AP" in printed and "mask AP" in printed
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_clear(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--images", str(MINI_VAL / "images"),
@@ -156,6 +162,7 @@ def test_evaluate_errors_are_clear(run_dir, tmp_path):
               "--annotations", str(tmp_path / "missing.json")])
 
 
+@pytest.mark.slow
 def test_predict_writes_overlays_and_detections(run_dir, tmp_path):
     images = sorted((MINI_VAL / "images").glob("*.png"))[:2]
     out = tmp_path / "pred"
@@ -173,6 +180,7 @@ def test_predict_writes_overlays_and_detections(run_dir, tmp_path):
             assert set(det["mask"]) == {"size", "counts"}
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -184,6 +192,7 @@ def test_resume_continues_the_run(run_dir, tmp_path):
     assert steps == [1, 2, 3, 4]  # epoch 1 kept from the first run, epoch 2 added
 
 
+@pytest.mark.slow
 def test_train_on_own_coco_data_with_an_empty_image(tmp_path):
     ds = ShapesDataset(3, seed=5)
     empty = ShapesDataset(1, seed=5, empty_prob=1.0)
@@ -223,6 +232,7 @@ def test_train_errors_are_clear(tmp_path):
               "--annotations", str(MINI_VAL / "annotations.json"), "--weights", str(tmp_path / "coco.pth")])
 
 
+@pytest.mark.slow
 def test_torchvision_weights_with_another_class_count_reinitialise_the_predictors(tmp_path):
     from mrcnn_lite.model.interop import load_torchvision_weights
 
@@ -267,6 +277,7 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_train_the_real_model_in_step(tmp_path):
     """torchrun with 2 CPU processes: 2 steps of the tiny Mask R-CNN, identical weights on both ranks."""
     script = tmp_path / "worker.py"
