@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.setup-done
 # Extra pytest arguments, e.g. `make test ARGS="-k boxes"`.
 ARGS   ?=
 
-.PHONY: setup test demo lab clean
+.PHONY: setup test test-fast demo lab clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 TEST_THREADS ?= 1
 test: $(STAMP)
 	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile -q -ra --durations=15 $(ARGS)
+
+# The quick loop while developing: the unit tests without the ones marked slow (training runs, the
+# float64 ResNet-50 comparisons, the benches) and without executing the notebooks. `make test` runs all.
+test-fast: $(STAMP)
+	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests -m "not slow" -n 2 --dist loadfile -q -ra --durations=10 $(ARGS)
 
 # Train the tiny model on generated shapes (held-out AP printed at the end), then evaluate the
 # checkpoint through the COCO path on a held-out split exported as PNG + JSON: ShapesDataset(100, seed=99),

@@ -179,7 +179,7 @@ def test_shipped_results_cover_every_row_with_two_seeds():
 def test_ablations_train_the_course_architecture_with_the_papers_sampling():
     """The grid's model is the course model's network (the same parameters) without the course recipe's
     training shortcuts: the mask loss on every positive RoI, as in the paper."""
-    from mrcnn_lite.__main__ import TINY_SHAPES_MODEL, V1_MODEL
+    from mrcnn_lite.recipes import TINY_SHAPES_MODEL, V1_MODEL
     grid, course = ml.config.tiny(num_classes=4, **V1_MODEL), ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL)
     shapes = lambda cfg: {k: v.shape for k, v in ml.build_model(cfg).state_dict().items()}  # noqa: E731
     assert shapes(grid) == shapes(course)

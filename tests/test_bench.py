@@ -2,7 +2,7 @@
 
 Also covers the exact-same-result rewrites made for speed: both mask-pasting paths and the
 level-grouped MultiScaleRoIAlign against torchvision, and channels-last against NCHW.
-The bench's timing harness lives in the package (``mrcnn_lite.tools.bench``) so that the ``bench``
+The bench's timing harness lives in the package (``mrcnn_lite.bench``) so that the ``bench``
 command works from an installed package.
 """
 import json
@@ -17,13 +17,14 @@ from torchvision.models.detection import roi_heads as tv_rh
 import mrcnn_lite as ml
 from mrcnn_lite.fast import paste_masks_grid
 from mrcnn_lite.model.transform import paste_masks_in_image
-from mrcnn_lite.tools import bench
+from mrcnn_lite import bench
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "mrcnn_lite.tools.bench", "--quick", "--reps", "1", "--warmup", "0",
+        [sys.executable, "-m", "mrcnn_lite.bench", "--quick", "--reps", "1", "--warmup", "0",
          "--kernels", "both", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mrcnn_lite as ml
+from conftest import assert_same_detections
 from mrcnn_lite.__main__ import build_parser, main
 from mrcnn_lite.data import CLASSES, ShapesDataset, export_coco
 from mrcnn_lite.engine import TrainConfig, Trainer
@@ -24,7 +25,7 @@ MINI_VAL = ROOT / "data" / "shapes-mini" / "val"
 FAST = ["--no-progress", "--threads", "2"]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench", "shapes"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "shapes", "export", "bench", "ablate"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])
@@ -41,6 +42,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     for name in ("checkpoint.pt", "metrics.json", "metrics.csv", "losses.png"):
         assert (run_dir / name).stat().st_size > 0, name
@@ -48,13 +50,14 @@ def test_train_writes_checkpoint_metrics_and_plot(run_dir):
     assert len(metrics["train"]) == 2 and metrics["train"][-1]["step"] == 2
     assert set(metrics["eval"][-1]["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     model = ml.load_checkpoint(run_dir / "checkpoint.pt")
-    from mrcnn_lite.__main__ import TINY_SHAPES_MODEL
+    from mrcnn_lite.recipes import TINY_SHAPES_MODEL
     assert model.cfg == ml.config.tiny(num_classes=4, **TINY_SHAPES_MODEL) and not model.training
 
 
+@pytest.mark.slow
 def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     """The course run trains with the recipe's optimizer and weight decay; --lr on the command line wins."""
-    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as r
     from mrcnn_lite.engine.checkpoint import read_checkpoint
 
     state = read_checkpoint(run_dir / "checkpoint.pt")
@@ -67,10 +70,11 @@ def test_tiny_shapes_uses_its_recipe_unless_overridden(run_dir):
     assert expected <= set(first), sorted(first)
 
 
+@pytest.mark.slow
 def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir, capsys, tmp_path):
     """The course recipe's training images hold min_shapes..max_shapes shapes; the held-out split keeps
     ShapesDataset's default 1-6, the distribution every reported AP is measured on."""
-    from mrcnn_lite.__main__ import TINY_SHAPES_RECIPE as r
+    from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as r
     model = ml.load_checkpoint(run_dir / "checkpoint.pt")
     assert model.cfg.mask_batch_size_per_image is not None  # the course recipe's capped mask loss
     out = tmp_path / "crowded"
@@ -88,8 +92,9 @@ def test_tiny_shapes_trains_on_crowded_images_and_holds_out_sparse_ones(run_dir,
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_recipe_v1_trains_the_first_recipe(tmp_path, capsys):
-    from mrcnn_lite.__main__ import V1_MODEL, V1_RECIPE
+    from mrcnn_lite.recipes import V1_MODEL, V1_RECIPE
     from mrcnn_lite.engine.checkpoint import read_checkpoint
 
     out = tmp_path / "v1"
@@ -115,11 +120,7 @@ def test_load_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     images = [ShapesDataset(2, seed=9)[i][0] for i in range(2)]
     model.eval()
     with torch.no_grad():
-        a, b = model(images), loaded(images)
-    assert sum(len(o["boxes"]) for o in a) > 0
-    for oa, ob in zip(a, b):
-        for k in ("boxes", "labels", "scores", "masks"):
-            assert torch.equal(oa[k], ob[k]), k
+        assert_same_detections(model(images), loaded(images))
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -137,6 +138,7 @@ def test_load_checkpoint_errors(tmp_path):
         ml.load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_shipped_val_set_writes_the_metrics_dict(run_dir, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoint.pt"), "--images", str(MINI_VAL / "images"),
@@ -150,6 +152,7 @@ def test_evaluate_on_the_shipped_val_set_writes_the_metrics_dict(run_dir, tmp_pa
     assert "box  AP" in printed and "mask AP" in printed
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_clear(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--images", str(MINI_VAL / "images"),
@@ -159,6 +162,7 @@ def test_evaluate_errors_are_clear(run_dir, tmp_path):
               "--annotations", str(tmp_path / "missing.json")])
 
 
+@pytest.mark.slow
 def test_predict_writes_overlays_and_detections(run_dir, tmp_path):
     images = sorted((MINI_VAL / "images").glob("*.png"))[:2]
     out = tmp_path / "pred"
@@ -176,6 +180,7 @@ def test_predict_writes_overlays_and_detections(run_dir, tmp_path):
             assert set(det["mask"]) == {"size", "counts"}
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -187,6 +192,7 @@ def test_resume_continues_the_run(run_dir, tmp_path):
     assert steps == [1, 2, 3, 4]  # epoch 1 kept from the first run, epoch 2 added
 
 
+@pytest.mark.slow
 def test_train_on_own_coco_data_with_an_empty_image(tmp_path):
     ds = ShapesDataset(3, seed=5)
     empty = ShapesDataset(1, seed=5, empty_prob=1.0)
@@ -226,6 +232,7 @@ def test_train_errors_are_clear(tmp_path):
               "--annotations", str(MINI_VAL / "annotations.json"), "--weights", str(tmp_path / "coco.pth")])
 
 
+@pytest.mark.slow
 def test_torchvision_weights_with_another_class_count_reinitialise_the_predictors(tmp_path):
     from mrcnn_lite.model.interop import load_torchvision_weights
 
@@ -242,10 +249,10 @@ def test_torchvision_weights_with_another_class_count_reinitialise_the_predictor
 
 
 def test_bench_hook_is_wired():
-    import mrcnn_lite.__main__ as cli
+    from mrcnn_lite.cli.bench import cmd_bench
 
     args = build_parser().parse_args(["bench"])
-    assert args.func is cli.cmd_bench and args.kernels == "fast"
+    assert args.func is cmd_bench and args.kernels == "fast"
     args = build_parser().parse_args(["bench", "--kernels", "both", "--quick", "--threads", "2"])
     assert (args.kernels, args.quick, args.threads) == ("both", True, 2)
 
@@ -270,6 +277,7 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_train_the_real_model_in_step(tmp_path):
     """torchrun with 2 CPU processes: 2 steps of the tiny Mask R-CNN, identical weights on both ranks."""
     script = tmp_path / "worker.py"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ann, write_coco
 from mrcnn_lite.data import CocoInstances, ShapesDataset, export_coco, mask_to_polygons
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,29 +93,6 @@ def test_shipped_shapes_mini_matches_generator():
 
 
 # ---------------------------------------------------------------- hand-written annotation files
-
-
-def write_coco(tmp_path, annotations, images=None, size=(20, 30), image_files=True):
-    """A tiny COCO dataset: images (H, W) = size, files written as grey PNGs."""
-    H, W = size
-    img_dir = tmp_path / "images"
-    img_dir.mkdir(exist_ok=True)
-    if images is None:
-        images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},
-                  {"id": 2, "file_name": "b.png", "height": H, "width": W}]
-    if image_files:
-        for im in images:
-            Image.fromarray(np.full((H, W, 3), 100, np.uint8)).save(img_dir / im["file_name"])
-    data = {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "thing"}, {"id": 5, "name": "other"}]}
-    path = tmp_path / "ann.json"
-    path.write_text(json.dumps(data))
-    return img_dir, path
-
-
-def ann(id, seg, bbox=(2, 3, 4, 5), image_id=1, category_id=1, **kw):
-    return dict(id=id, image_id=image_id, category_id=category_id, bbox=list(bbox),
-                segmentation=seg, area=20.0, iscrowd=0, **kw)
 
 
 def test_polygon_file(tmp_path):

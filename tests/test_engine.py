@@ -55,6 +55,7 @@ def _fresh_model(**kw):
     return ToyDetector(**kw)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = Trainer(_fresh_model(), ToyData(), _cfg(), tmp_path / "a")
     straight.fit()
@@ -89,6 +90,7 @@ def _digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"w": torch.arange(10.0), "epoch": 1}, path)
@@ -203,6 +205,7 @@ def test_eval_every_steps_records_ap_during_the_epoch(tmp_path):
     assert calls == [True] * 4  # each evaluation found the model back in training mode
 
 
+@pytest.mark.slow
 def test_eval_every_steps_covers_epoch_ends_that_fit_skips(tmp_path):
     # eval_every=2: fit evaluates only the end of epoch 2 (and of the last epoch, 3). Step 6 ends epoch 1,
     # which fit does not evaluate, so the step schedule must; step 12 ends epoch 2, evaluated once, by fit.
@@ -212,6 +215,7 @@ def test_eval_every_steps_covers_epoch_ends_that_fit_skips(tmp_path):
     assert [r["step"] for r in hist["eval"]] == [3, 6, 9, 12, 15, 18]
 
 
+@pytest.mark.slow
 def test_adamw_and_grad_clipping_train(tmp_path):
     t = Trainer(_fresh_model(p_drop=0.0), ToyData(), _cfg(optimizer="adamw", lr=1e-2, clip_grad_norm=0.5,
                                                           epochs=6), tmp_path)
@@ -236,6 +240,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     res = tmp_path / "ddp.json"
     script = tmp_path / "ddp_step.py"

@@ -1,4 +1,4 @@
-"""The command line fails early, in one line, and keeps what it did (issue 18, "The CLI fails early").
+"""The command line fails early, in one line, and keeps what it did.
 
 Runs are a step or two of the tiny model on a few 128-px images."""
 import json
@@ -132,6 +132,7 @@ def test_evaluate_with_an_unreadable_image_names_it_in_one_line(ckpt, tmp_path):
     assert msg.startswith("error: cannot read image id 3 (") and "000003.png" in msg and "\n" not in msg
 
 
+@pytest.mark.slow
 def test_predict_a_folder_with_a_bad_file_predicts_the_rest_and_exits_non_zero(ckpt, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -175,6 +176,7 @@ def test_unsafe_weights_pickle_is_a_clean_error(tmp_path, capsys):
     assert "PWNED" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_diverging_cli_run_stops_in_one_line_and_resumes_at_a_sane_lr(tmp_path):
     out = tmp_path / "run"
     common = ["train", "--config", "tiny-shapes", "--out", str(out), "--epochs", "1", "--num-train", "6",
@@ -214,6 +216,7 @@ def test_train_with_an_unreadable_image_stops_in_one_line(tmp_path):
     assert msg.startswith("error: cannot read image id 1 (") and "000001.png" in msg and "\n" not in msg
 
 
+@pytest.mark.slow
 def test_large_category_ids_train_predict_and_evaluate_with_their_mapping(tmp_path):
     ds = ShapesDataset(2, image_size=64, seed=3)
     export_coco(ds, tmp_path, "train", class_names=CLASSES)

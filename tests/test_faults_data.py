@@ -1,7 +1,5 @@
 """Bad and unusual data files: every case gives a clear error naming the record, before any work,
-or the correct result (issue 18, "Loading data")."""
-import json
-import math
+or the correct result."""
 import time
 import warnings
 
@@ -11,39 +9,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mrcnn_lite.data import CocoInstances, PennFudan, mask_to_rle
-
-H, W = 20, 30
-
-
-def write_coco(tmp_path, annotations, images=None, categories=None, pixels=None):
-    """A COCO file with two 20x30 images (ids 1 and 2) unless ``images`` is given."""
-    img_dir = tmp_path / "images"
-    img_dir.mkdir(exist_ok=True)
-    if images is None:
-        images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},
-                  {"id": 2, "file_name": "b.png", "height": H, "width": W}]
-    for im in images:
-        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and "/" not in im["file_name"]:
-            arr = np.full((H, W, 3), 100, np.uint8) if pixels is None else pixels
-            Image.fromarray(arr).save(img_dir / im["file_name"])
-    if categories is None:
-        categories = [{"id": 1, "name": "thing"}, {"id": 5, "name": "other"}]
-    data = {"images": images, "annotations": annotations, "categories": categories}
-    path = tmp_path / "ann.json"
-    path.write_text(json.dumps(data))  # json writes NaN / Infinity as Python's json reads them
-    return img_dir, path
-
-
-def rect_rle(x1=2, y1=3, x2=6, y2=8):
-    m = np.zeros((H, W), np.uint8)
-    m[y1:y2, x1:x2] = 1
-    return mask_to_rle(m)
-
-
-def ann(id, seg=None, bbox=(2, 3, 4, 5), image_id=1, category_id=1, **kw):
-    return dict(id=id, image_id=image_id, category_id=category_id, bbox=list(bbox),
-                segmentation=rect_rle() if seg is None else seg, area=20.0, iscrowd=0, **kw)
+from conftest import COCO_H as H
+from conftest import COCO_W as W
+from conftest import ann, rect_rle, write_coco
+from mrcnn_lite.data import CocoInstances, PennFudan
 
 
 # ------------------------------------------------------------------ polygons and RLE, before decoding
@@ -347,7 +316,6 @@ def test_evaluate_keeps_rle_not_decoded_ground_truth_masks(tmp_path):
     import tracemalloc
 
     from mrcnn_lite.engine import evaluate
-    from mrcnn_lite.data import ShapesDataset
 
     class Big(torch.utils.data.Dataset):  # not a CocoInstances: the targets' masks are the ground truth
         def __len__(self):

@@ -1,4 +1,4 @@
-"""Training faults (issue 18, "Training and checkpoints"): divergence, kills, stray files, resumes
+"""Training faults: divergence, kills, stray files, resumes
 with other settings. The toy detector of test_engine keeps most of these to a second or two."""
 import json
 import os
@@ -33,6 +33,7 @@ def _same_weights(a, b):
 
 # ------------------------------------------------------------------ the step as a plain function
 
+@pytest.mark.slow
 def test_train_step_is_a_plain_function_equal_to_the_trainer_method(tmp_path):
     images, targets = next(iter(Trainer(_fresh_model(p_drop=0.0), ToyData(), _cfg(), tmp_path)._loader(0)))
     m1 = _fresh_model(p_drop=0.0)
@@ -138,6 +139,7 @@ class FlipData(ToyData):
         return image, target
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path):
     straight = Trainer(_fresh_model(), FlipData(), _cfg(save_every=2), tmp_path / "a")
     straight.fit()
@@ -215,6 +217,7 @@ def test_stale_temporaries_are_removed_at_start(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]
 
 
+@pytest.mark.slow
 def test_metrics_json_write_killed_midway_leaves_the_previous_one(tmp_path):
     (tmp_path / "metrics.json").write_text('{"train": [], "eval": []}')
     child = textwrap.dedent(f"""

@@ -94,6 +94,20 @@ def test_import_directions():
         assert imported(f) <= allowed, (f.name, imported(f) - allowed)
 
 
+def test_the_command_line_is_the_top_floor_and_recipes_are_data():
+    """Nothing in the package imports the CLI but the entry points (``__main__.py``); ``recipes.py`` imports nothing,
+    so every room can read the recipes without reaching up into the command line."""
+    pkg = ROOT / "mrcnn_lite"
+    cli_import = re.compile(r"^\s*(from \.+(cli|__main__)\b|from mrcnn_lite\.(cli|__main__)\b|import mrcnn_lite\.(cli|__main__)\b)",
+                            re.M)
+    for f in pkg.rglob("*.py"):
+        if f.parent.name == "cli" or f.name == "__main__.py":
+            continue
+        assert not cli_import.search(f.read_text()), f"{f.relative_to(ROOT)} imports the command line"
+    code = re.sub(r'""".*?"""|#.*', "", (pkg / "recipes.py").read_text(), flags=re.S)
+    assert not re.search(r"^\s*(import|from)\s", code, re.M), "recipes.py must be plain data"
+
+
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

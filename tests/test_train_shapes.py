@@ -1,4 +1,5 @@
 """The tiny model actually learns on shapes, and the PredictionExplorer's logic, headless."""
+import pytest
 import torch
 
 import mrcnn_lite as ml
@@ -7,6 +8,7 @@ from mrcnn_lite.engine import TrainConfig, Trainer
 from mrcnn_lite.viz.widgets import PredictionExplorer, prediction_view
 
 
+@pytest.mark.slow
 def test_a_short_tiny_run_on_shapes_lowers_the_loss(tmp_path):
     """12 steps on the same 2 images (batch 2): the summed loss of the last 3 steps is well below the first 3."""
     torch.manual_seed(0)
@@ -57,6 +59,7 @@ def test_prediction_explorer_headless():
     assert "correct" in ex.info.value
 
 
+@pytest.mark.slow
 def test_prediction_explorer_runs_the_model_once_per_image():
     torch.manual_seed(0)
     model = ml.build_model(ml.config.tiny(num_classes=4))

@@ -1,5 +1,9 @@
 """Datasets in the torchvision detection contract, COCO export/import, transforms and collate.
 
+Modules: ``item`` (the item every dataset returns), ``shapes`` (ShapesDataset), ``coco`` (reading a COCO
+file, every record checked), ``segmentation`` (masks <-> RLE and polygons), ``coco_export`` (writing
+COCO), ``images`` (reading image files), ``penn_fudan``, ``transforms`` (paired transforms, collate).
+
 Every dataset here returns ``(image, target)``:
     image: (3, H, W) float32 RGB in [0, 1]
     target: {"boxes": (n, 4) float32 x1y1x2y2, "labels": (n,) int64, "masks": (n, H, W) uint8,
@@ -10,14 +14,17 @@ Every dataset here returns ``(image, target)``:
     export_coco(ds, "runs/shapes", "train")          # runs/shapes/train/{images/, annotations.json}
     same = CocoInstances("runs/shapes/train/images", "runs/shapes/train/annotations.json")
 """
-from .coco import CocoInstances, check_segmentation, export_coco, mask_to_polygons, mask_to_rle
+from .coco import CocoInstances
+from .coco_export import export_coco
 from .images import ImageReadError, read_rgb
+from .item import detection_item, image_to_tensor, masks_to_boxes
 from .penn_fudan import PennFudan
-from .shapes import CLASSES, ShapesDataset, image_to_tensor, masks_to_boxes
+from .segmentation import check_segmentation, mask_to_polygons, mask_to_rle, segmentation_to_mask
+from .shapes import CLASSES, ShapesDataset
 from .transforms import Compose, RandomHorizontalFlip, collate_fn, hflip
 
 __all__ = [
     "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "export_coco", "mask_to_rle",
-    "mask_to_polygons", "masks_to_boxes", "check_segmentation", "read_rgb", "ImageReadError",
-    "image_to_tensor", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
+    "mask_to_polygons", "masks_to_boxes", "check_segmentation", "segmentation_to_mask", "read_rgb",
+    "ImageReadError", "image_to_tensor", "detection_item", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
 ]

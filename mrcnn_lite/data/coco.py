@@ -1,4 +1,4 @@
-"""COCO-format instance segmentation: export any dataset to COCO, and read any COCO dataset back.
+"""Reading any COCO-format instance-segmentation dataset, every record checked before training starts.
 
 COCO format in one paragraph: one JSON file with three lists. ``images`` holds
 ``{"id", "file_name", "width", "height"}``; ``categories`` holds ``{"id", "name"}``; ``annotations``
@@ -8,7 +8,8 @@ holds one object instance each: ``{"id", "image_id", "category_id", "bbox": [x, 
 ``{"size": [h, w], "counts": ...}``, where counts is a list of ints ("uncompressed", used for crowds)
 or pycocotools' compact string ("compressed"). pycocotools turns all three into a binary mask.
 
-Layout written by :func:`export_coco` (and read by :class:`CocoInstances`)::
+Layout written by :func:`~mrcnn_lite.data.export_coco` (``coco_export.py``) and read by
+:class:`CocoInstances`; the segmentations are decoded and checked in ``segmentation.py``::
 
     out_dir/<split>/images/000000.png ...
     out_dir/<split>/annotations.json
@@ -23,282 +24,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from .images import read_rgb
-from .shapes import image_to_tensor, masks_to_boxes
-
-# --------------------------------------------------------------------------------------------
-# masks <-> COCO segmentations
-# --------------------------------------------------------------------------------------------
-
-
-def mask_to_rle(mask) -> dict:
-    """(H, W) binary mask -> compressed COCO RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
-    m = np.asfortranarray(np.asarray(mask, dtype=np.uint8))  # pycocotools wants column-major uint8
-    rle = mask_utils.encode(m)
-    rle["counts"] = rle["counts"].decode("ascii")  # bytes are not JSON; the string is plain ASCII
-    return rle
-
-
-def mask_to_polygons(mask) -> list:
-    """(H, W) binary mask -> list of polygons ``[[x1, y1, x2, y2, ...], ...]`` along pixel edges.
-
-    We walk the outline of the mask along the cracks between pixels, so the vertices sit on pixel
-    corners (integers). Each connected region gives one outer polygon. COCO polygons are a union,
-    so *holes cannot be expressed*: a region with a hole comes back filled.
-    """
-    m = np.pad(np.asarray(mask, dtype=bool), 1)  # a frame of zeros: every region has an outside
-    inside = m[1:-1, 1:-1]
-    rows, cols = np.nonzero(inside)
-    # Directed boundary edges, clockwise on screen (y points down) around each foreground pixel.
-    # Pixel (r, c) covers [c, c+1] x [r, r+1]; an edge is on the outline when the neighbour is out.
-    edges = []
-    for (dr, dc), (x0, y0, x1, y1) in (
-        ((-1, 0), (0, 0, 1, 0)),  # top edge, heading right
-        ((0, 1), (1, 0, 1, 1)),   # right edge, heading down
-        ((1, 0), (1, 1, 0, 1)),   # bottom edge, heading left
-        ((0, -1), (0, 1, 0, 0)),  # left edge, heading up
-    ):
-        out = ~m[rows + 1 + dr, cols + 1 + dc]
-        for r, c in zip(rows[out].tolist(), cols[out].tolist()):
-            edges.append(((c + x0, r + y0), (c + x1, r + y1)))
-    starts = {}
-    for e in edges:
-        starts.setdefault(e[0], []).append(e[1])
-
-    polygons = []
-    while starts:
-        # start where there is only one way on, so the turn rule below decides every fork
-        start = next((v for v, o in starts.items() if len(o) == 1), next(iter(starts)))
-        loop, here, heading = [start], start, None
-        while True:
-            options = starts[here]
-            if len(options) == 1 or heading is None:
-                nxt = options[0]
-            else:
-                # two ways on (pixels touching only at a corner): turn right, hugging the current
-                # pixel, so diagonal neighbours stay separate regions
-                right = (-heading[1], heading[0])
-                nxt = next((o for o in options if (o[0] - here[0], o[1] - here[1]) == right),
-                           options[0])
-            options.remove(nxt)
-            if not options:
-                del starts[here]
-            heading = (nxt[0] - here[0], nxt[1] - here[1])
-            here = nxt
-            if here == start:  # back where we began: the outline is closed
-                break
-            loop.append(here)
-        # drop vertices in the middle of straight runs
-        pts = np.array(loop, dtype=np.float64)
-        prev, nxt = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
-        cross = (pts[:, 0] - prev[:, 0]) * (nxt[:, 1] - pts[:, 1]) - \
-                (pts[:, 1] - prev[:, 1]) * (nxt[:, 0] - pts[:, 0])
-        pts = pts[cross != 0]
-        # shoelace with y down: outer outlines (clockwise on screen) are positive, holes negative
-        x, y = pts[:, 0], pts[:, 1]
-        signed = np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)
-        if signed > 0 and len(pts) >= 3:
-            polygons.append(pts.reshape(-1).tolist())
-    return polygons
-
-
-def _rle_string_counts(counts: str, where: str) -> list:
-    """Decode pycocotools' compact RLE string to its list of run lengths (``rleFrString`` in Python).
-
-    Each run is a variable-length number of 6-bit characters ('0' + value); from the third run on
-    it is stored as the difference to the run two before. Checking the decoded runs here, before
-    pycocotools sees the string, is what keeps a bad string from reading memory it never filled.
-    """
-    if not counts.isascii():
-        raise ValueError(f"{where}: compressed RLE counts must be ASCII")
-    s = counts.encode("ascii")
-    runs, p, n = [], 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError(f"{where}: compressed RLE counts end in the middle of a number")
-            c = s[p] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"{where}: character {chr(s[p])!r} cannot appear in compressed "
-                                 f"RLE counts (they use '0'..'o')")
-            x |= (c & 0x1F) << (5 * k)
-            more = c & 0x20
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)  # the sign bit of the last group: a negative difference
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
-def _check_runs(runs, height: int, width: int, where: str, kind: str) -> None:
-    if any(r < 0 for r in runs):
-        raise ValueError(f"{where}: {kind} RLE has a negative run length")
-    if sum(runs) != height * width:
-        raise ValueError(f"{where}: {kind} RLE counts sum to {sum(runs)}, expected "
-                         f"height*width = {height}*{width} = {height * width}")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check_segmentation(seg, height: int, width: int, where: str) -> None:
-    """Validate one COCO segmentation for an image of ``height`` x ``width`` *before* decoding it.
-
-    pycocotools trusts its input: a polygon vertex at 1e9 (or NaN, or Infinity, which Python's json
-    accepts) makes it allocate without bound, and compressed RLE counts that sum to less than
-    H*W leave part of the mask uninitialised. So: polygons are flat lists of an even number >= 6 of
-    finite coordinates, each within one image size of the image (a little outside is common in
-    real annotations and harmless); RLE has ``size == [height, width]`` and non-negative runs that
-    sum to exactly ``height * width``, compressed (ASCII string) or not (list of ints).
-    Raises ValueError starting with ``where`` (e.g. "annotation id 7 (image id 3)").
-    """
-    if isinstance(seg, list):
-        if len(seg) == 0:
-            raise ValueError(f"{where}: empty polygon list")
-        margin = max(height, width)
-        for poly in seg:
-            if not isinstance(poly, (list, tuple)) or not all(_is_number(v) for v in poly):
-                raise ValueError(f"{where}: a polygon must be a flat list of numbers "
-                                 f"[x1, y1, x2, y2, ...], got {str(poly)[:60]}")
-            if len(poly) < 6 or len(poly) % 2:
-                raise ValueError(f"{where}: a polygon needs an even number >= 6 of coordinates "
-                                 f"(3 points), got {len(poly)}")
-            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-            if not np.isfinite(xy).all():
-                raise ValueError(f"{where}: a polygon has a non-finite coordinate (NaN or Infinity)")
-            lo, hi = xy.min(axis=0), xy.max(axis=0)
-            if lo[0] < -margin or lo[1] < -margin or hi[0] > width + margin or hi[1] > height + margin:
-                raise ValueError(f"{where}: a polygon reaches ({lo[0]:g}, {lo[1]:g})-({hi[0]:g}, "
-                                 f"{hi[1]:g}), far outside the {width}x{height} (WxH) image")
-    elif isinstance(seg, dict):
-        if "size" not in seg or "counts" not in seg:
-            raise ValueError(f"{where}: an RLE segmentation needs 'size' and 'counts'")
-        size = seg["size"]
-        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
-            raise ValueError(f"{where}: RLE size {size} does not match the image "
-                             f"size [height, width] = [{height}, {width}]")
-        counts = seg["counts"]
-        if isinstance(counts, list):  # uncompressed RLE (crowds): runs of 0s and 1s, column-major
-            if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
-                raise ValueError(f"{where}: uncompressed RLE counts must be integers")
-            _check_runs(counts, height, width, where, "uncompressed")
-        elif isinstance(counts, str):
-            _check_runs(_rle_string_counts(counts, where), height, width, where, "compressed")
-        else:
-            raise ValueError(f"{where}: RLE counts must be a list or a string, "
-                             f"got {type(counts).__name__}")
-    else:
-        raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, "
-                         f"got {type(seg).__name__}")
-
-
-def _segmentation_to_mask(seg, height: int, width: int, ann_id, where: str = None) -> np.ndarray:
-    """Decode one COCO segmentation (polygons, uncompressed or compressed RLE) to (H, W) uint8.
-
-    The segmentation is validated first (:func:`check_segmentation`); raises ValueError naming the
-    annotation id (or ``where``) when it is malformed.
-    """
-    where = where or f"annotation id {ann_id}"
-    check_segmentation(seg, height, width, where)
-    if isinstance(seg, list):
-        rles = mask_utils.frPyObjects([list(map(float, p)) for p in seg], height, width)
-        rle = mask_utils.merge(rles)
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = {"size": [height, width], "counts": seg["counts"].encode("ascii")}
-    try:
-        with warnings.catch_warnings():  # pycocotools + numpy 2 warn about __array__(copy=...)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            m = mask_utils.decode(rle)
-    except Exception as err:  # pycocotools' own message does not say which annotation
-        raise ValueError(f"{where}: could not decode the segmentation ({err})") from err
-    if m.shape != (height, width):
-        raise ValueError(f"{where}: decoded mask has shape {m.shape}, "
-                         f"expected ({height}, {width})")
-    return m.astype(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------
-# export
-# --------------------------------------------------------------------------------------------
-
-
-def export_coco(dataset, out_dir, split_name: str, mask_format: str = "rle",
-                class_names=None) -> Path:
-    """Write ``dataset`` in COCO format: ``out_dir/<split_name>/images/*.png`` + ``annotations.json``.
-
-    dataset: any dataset returning ``(image (3,H,W) float in [0,1], target)`` in our contract
-        (boxes, labels, masks, image_id; area optional).
-    mask_format: ``"rle"`` (compressed RLE, exact) or ``"polygon"`` (outlines on pixel corners;
-        holes are filled, see :func:`mask_to_polygons`).
-    class_names: names indexed by label; defaults to ``dataset.class_names``. Index 0 is background
-        and is not written as a category.
-    Returns the path of the annotations JSON. Images are PNG (lossless): reading them back gives the
-    same 8-bit pixels.
-    """
-    if mask_format not in ("rle", "polygon"):
-        raise ValueError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
-    class_names = class_names if class_names is not None else getattr(dataset, "class_names", None)
-    if class_names is None:
-        raise ValueError("pass class_names (the dataset has no .class_names)")
-    split_dir = Path(out_dir) / split_name
-    img_dir = split_dir / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-
-    images, annotations = [], []
-    ann_id = 1  # COCO annotation ids start at 1 (COCOeval uses 0 for "no match")
-    for index in range(len(dataset)):
-        image, target = dataset[index]
-        image_id = int(target.get("image_id", index))
-        arr = image.detach().cpu().numpy().transpose(1, 2, 0)  # (H, W, 3) float in [0, 1]
-        u8 = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-        H, W = u8.shape[:2]
-        file_name = f"{image_id:06d}.png"
-        Image.fromarray(u8).save(img_dir / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": W, "height": H})
-
-        masks = target["masks"].cpu().numpy().astype(np.uint8)
-        areas = target.get("area")
-        for j in range(len(target["labels"])):
-            x1, y1, x2, y2 = (float(v) for v in target["boxes"][j])
-            mask = masks[j]
-            seg = mask_to_rle(mask) if mask_format == "rle" else mask_to_polygons(mask)
-            annotations.append({
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": int(target["labels"][j]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],  # COCO boxes are x, y, width, height
-                "area": float(areas[j]) if areas is not None else float(mask.sum()),
-                "iscrowd": int(target["iscrowd"][j]) if "iscrowd" in target else 0,
-                "segmentation": seg,
-            })
-            ann_id += 1
-
-    categories = [{"id": i, "name": name, "supercategory": "shape"}
-                  for i, name in enumerate(class_names) if i > 0]
-    coco = {
-        "info": {"description": f"{split_name} split exported by mrcnn_lite", "version": "1.0"},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    ann_path = split_dir / "annotations.json"
-    ann_path.write_text(json.dumps(coco, separators=(",", ":")))
-    return ann_path
-
-
-# --------------------------------------------------------------------------------------------
-# reading any COCO instance dataset
-# --------------------------------------------------------------------------------------------
+from .item import detection_item, masks_to_boxes
+from .segmentation import check_segmentation, is_number, segmentation_to_mask
 
 
 class CocoInstances(torch.utils.data.Dataset):
@@ -384,9 +113,7 @@ class CocoInstances(torch.utils.data.Dataset):
             self.categories[cid] = str(c.get("name", cid))
 
         self.image_by_id = {}
-        for k, im in enumerate(data["images"]):
-            if not isinstance(im, dict):
-                raise ValueError(f"{src}: images[{k}] is not an object: {str(im)[:60]}")
+        for k, im in _objects(data, "images", src):
             iid = im.get("id")
             if not _is_int(iid) or iid < 0:
                 raise ValueError(f"{src}: images[{k}] (file_name {im.get('file_name')!r}) needs a "
@@ -405,9 +132,7 @@ class CocoInstances(torch.utils.data.Dataset):
         self.anns_by_image = {im["id"]: [] for im in self.images}
         self.num_dropped = 0
         seen, used, clipped = set(), set(), []
-        for k, ann in enumerate(data["annotations"]):
-            if not isinstance(ann, dict):
-                raise ValueError(f"{src}: annotations[{k}] is not an object: {str(ann)[:60]}")
+        for k, ann in _objects(data, "annotations", src):
             ann_id = ann.get("id")
             if not _is_int(ann_id) or ann_id < 1:
                 raise ValueError(f"{src}: annotations[{k}] needs an integer 'id' >= 1, got {ann_id!r} "
@@ -430,7 +155,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 raise ValueError(f"{where}: category_id {cat} is not declared in 'categories' "
                                  f"(declared: {sorted(self.categories)[:20]})")
             bbox = ann.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
                 raise ValueError(f"{where}: bbox must be [x, y, w, h] (4 numbers), got {bbox}")
             if not all(math.isfinite(v) for v in bbox):
                 raise ValueError(f"{where}: bbox {bbox} has a non-finite number")
@@ -536,23 +261,13 @@ class CocoInstances(torch.utils.data.Dataset):
             x, y, w, h = ann["bbox"]
             boxes[j] = (x, y, x + w, y + h)
             where = f"annotation id {ann['id']} (image id {info['id']})"
-            masks[j] = _segmentation_to_mask(ann["segmentation"], H, W, ann["id"], where)
+            masks[j] = segmentation_to_mask(ann["segmentation"], H, W, where)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, W)  # clipped like torchvision's references do
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
         _warn_if_box_disagrees_with_mask(boxes, masks, anns, info["id"])
-        target = {
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.tensor([self.category_to_label[a["category_id"]] for a in anns],
-                                   dtype=torch.int64),
-            "masks": torch.from_numpy(masks),
-            "image_id": int(info["id"]),
-            "area": torch.tensor([float(a.get("area", 0.0)) for a in anns], dtype=torch.float32),
-            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
-        }
-        image = image_to_tensor(image_u8)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return detection_item(image_u8, boxes, [self.category_to_label[a["category_id"]] for a in anns], masks,
+                              info["id"], area=[float(a.get("area", 0.0)) for a in anns],
+                              iscrowd=[int(a.get("iscrowd", 0)) for a in anns], transforms=self.transforms)
 
     def __repr__(self) -> str:
         return (f"CocoInstances({str(self.images_dir)!r}, {str(self.annotation_json)!r}: "
@@ -566,6 +281,14 @@ MAX_DIRECT_CATEGORY_ID = 1000
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _objects(data: dict, key: str, src: str):
+    """``(k, record)`` for each entry of the file's ``key`` list, refusing one that is not a JSON object."""
+    for k, record in enumerate(data[key]):
+        if not isinstance(record, dict):
+            raise ValueError(f"{src}: {key}[{k}] is not an object: {str(record)[:60]}")
+        yield k, record
 
 
 def _check_file_name(name, where: str) -> None:

@@ -24,36 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .item import detection_item, image_to_tensor, masks_to_boxes  # noqa: F401 (penn_fudan.py imports the two)
+
 CLASSES = ("__background__", "circle", "square", "triangle")
 """Class names indexed by label: 0 is background, then circle = 1, square = 2, triangle = 3."""
-
-
-def image_to_tensor(image_u8: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB array -> (3, H, W) float32 tensor in [0, 1].
-
-    ShapesDataset and CocoInstances both use this one function, so an image saved as PNG and
-    read back gives bit-identical tensors.
-    """
-    # numpy, not torch, for this small elementwise work: it is cheaper per call on a busy CPU
-    chw = np.ascontiguousarray(image_u8.transpose(2, 0, 1), dtype=np.float32)
-    return torch.from_numpy(chw / np.float32(255.0))
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight boxes of binary masks.
-
-    masks: (n, H, W) bool or uint8.
-    Returns (n, 4) float32 x1y1x2y2 in pixels, with x2/y2 *exclusive* pixel edges (max index + 1),
-    so a one-pixel mask at column 5 has x1 = 5, x2 = 6 and box width = pixel count across.
-    """
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    for i in range(n):
-        rows = np.flatnonzero(masks[i].any(axis=1))
-        cols = np.flatnonzero(masks[i].any(axis=0))
-        if rows.size:
-            boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return boxes
 
 
 def _circle(xx, yy, cx, cy, r, angle):
@@ -198,18 +172,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image_u8, labels, masks = self.render(index)
         masks_u8 = masks.astype(np.uint8)
-        target = {
-            "boxes": torch.from_numpy(masks_to_boxes(masks_u8)),
-            "labels": torch.from_numpy(labels),
-            "masks": torch.from_numpy(masks_u8),
-            "image_id": int(index),
-            "area": torch.from_numpy(masks_u8.sum(axis=(1, 2)).astype(np.float32)),
-            "iscrowd": torch.zeros(len(labels), dtype=torch.int64),
-        }
-        image = image_to_tensor(image_u8)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return detection_item(image_u8, masks_to_boxes(masks_u8), labels, masks_u8, index,
+                              transforms=self.transforms)
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(num_images={self.num_images}, image_size={self.image_size}, "

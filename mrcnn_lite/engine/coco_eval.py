@@ -10,20 +10,14 @@ import contextlib
 import io
 from typing import Dict, Iterable, List, Optional
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.coco import CocoInstances
+from ..data.segmentation import mask_to_rle
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def _rle(mask: np.ndarray) -> dict:
-    """Binary mask (H, W) -> COCO compressed RLE with ``counts`` as str (JSON-friendly)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def _gt_annotations(target: dict, first_ann_id: int, label_to_category=None) -> List[dict]:
@@ -40,7 +34,7 @@ def _gt_annotations(target: dict, first_ann_id: int, label_to_category=None) -> 
         ann = {"id": first_ann_id + i, "image_id": image_id, "category_id": cat,
                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[i])}
         if masks is not None:
-            ann["segmentation"] = _rle(masks[i])
+            ann["segmentation"] = mask_to_rle(masks[i])
             ann["area"] = float(masks[i].sum())
         else:
             ann["area"] = float((x2 - x1) * (y2 - y1))
@@ -93,7 +87,7 @@ def detections_to_coco(image_id: int, output: dict, mask_threshold: float = 0.5,
         entry = {"image_id": int(image_id), "category_id": cat, "score": float(score)}
         bbox.append({**entry, "bbox": [x1, y1, x2 - x1, y2 - y1]})
         if masks is not None:
-            segm.append({**entry, "segmentation": _rle(masks[i])})
+            segm.append({**entry, "segmentation": mask_to_rle(masks[i])})
     return {"bbox": bbox, "segm": segm}
 
 
@@ -160,8 +154,6 @@ def evaluate(model, data, device="cpu", batch_size: int = 4, mask_threshold: flo
     targets, their masks encoded as RLE as soon as the image is done. Either way no decoded ground-truth
     mask is kept beyond its batch.
     """
-    from ..data.coco import CocoInstances
-
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data

@@ -25,15 +25,11 @@ DistributedDataParallel and each process reads its share of every batch.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -41,147 +37,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .checkpoint import (atomic_write_text, read_checkpoint, remove_stale_temporaries, rng_state,
-                         save_checkpoint, set_rng_state)
+from ..data.transforms import collate_fn
+from .checkpoint import remove_stale_temporaries, rng_state, save_checkpoint
+from .metrics import write_metrics
+from .resume import resume_from
+from .train_config import TrainConfig, lr_factor
+from .train_step import NonFiniteLossError, first_non_finite, train_step
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term, a gradient or a weight became NaN or infinite; training stops and the last
-    checkpoint (the last state with finite loss and gradients) is kept."""
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 4                 # total over all processes
-    optimizer: str = "sgd"              # "sgd" (momentum 0.9) or "adamw"
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 100             # linear warmup from lr * warmup_factor
-    warmup_factor: float = 1e-3
-    schedule: str = "cosine"            # "cosine" or "step"
-    step_milestones: Tuple[float, ...] = (0.75, 0.9)  # "step": fractions of all iterations
-    gamma: float = 0.1                  # "step": lr multiplier at each milestone
-    clip_grad_norm: Optional[float] = None
-    amp: str = "off"                    # "off", "bf16" (CPU or CUDA) or "fp16" (CUDA only)
-    eval_every: int = 1                 # epochs between evaluations (0: never)
-    eval_every_steps: int = 0           # also evaluate every this many steps (0: only at epoch ends)
-    save_every: int = 0                 # steps between checkpoints (0: only at epoch ends and the end)
-    seed: int = 0
-    num_workers: int = 0
-    progress: bool = True
-
-
-def collate(batch):
-    """``[(image, target), ...]`` -> ``([images], [targets])``: Mask R-CNN takes lists, not a stacked batch."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
-
-
-def lr_factor(it: int, total: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier at iteration ``it`` of ``total``: linear warmup, then cosine or step decay."""
-    if it < cfg.warmup_iters:
-        alpha = it / cfg.warmup_iters
-        warm = cfg.warmup_factor * (1 - alpha) + alpha
-    else:
-        warm = 1.0
-    if cfg.schedule == "cosine":
-        decay = 0.5 * (1 + math.cos(math.pi * min(it, total) / max(total, 1)))
-    elif cfg.schedule == "step":
-        decay = cfg.gamma ** sum(it >= m * total for m in cfg.step_milestones)
-    else:
-        raise ValueError(f"schedule must be 'cosine' or 'step', got {cfg.schedule!r}")
-    return warm * decay
+# ``engine.collate`` is ``data.collate_fn``: one collate function for the whole package.
+collate = collate_fn
 
 
 def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _batch_where(step, epoch, targets) -> str:
-    where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
-    ids = [t["image_id"] for t in targets if isinstance(t, dict) and "image_id" in t]
-    if ids:
-        where += f", images {[int(i) for i in ids]}"
-    return where
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targets, *,
-               clip_grad_norm: Optional[float] = None, scaler=None, amp_dtype=None, device=None,
-               world: int = 1, step: Optional[int] = None, epoch: Optional[int] = None,
-               on_checked: Optional[Callable[[], None]] = None) -> Dict[str, float]:
-    """One training step: forward, finite check, backward, gradient check, (clip), optimizer step.
-
-    model: ``model(images, targets) -> {name: scalar loss}`` (train mode).
-    images: list of (3, H, W) tensors; targets: list of dicts (moved to ``device`` when given).
-    clip_grad_norm: clip the total gradient norm to this (None: no clipping).
-    scaler: a ``torch.amp.GradScaler`` for fp16 (None or disabled: plain backward and step).
-    amp_dtype: run the forward under ``torch.autocast`` with this dtype (None: full precision).
-    world: processes to average the reported losses over (DDP averages the gradients itself).
-    step, epoch: only for the error message. on_checked: called once the loss and the gradients
-        are known to be finite, before the optimizer changes the weights -- the moment the current
-        weights are proven good (the Trainer writes its checkpoint there).
-    Returns the loss terms and their sum ``"loss"`` as floats (averaged over processes).
-    Raises NonFiniteLossError naming the step, the loss term (or parameter) and the batch's images.
-    """
-    if device is not None:
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-    device_type = images[0].device.type if images else "cpu"
-    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss_dict = model(images, targets)
-    loss = sum(loss_dict.values())
-    names = list(loss_dict)
-    values = torch.stack([v.detach().float() for v in loss_dict.values()])
-    if world > 1:
-        dist.all_reduce(values)
-        values /= world
-    floats = values.tolist()
-    bad = [n for n, v in zip(names, floats) if not math.isfinite(v)]
-    if bad:
-        detail = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, floats))
-        raise NonFiniteLossError(
-            f"non-finite loss at {_batch_where(step, epoch, targets)} "
-            f"(term{'s' if len(bad) > 1 else ''} {', '.join(bad)}): {detail}")
-    optimizer.zero_grad(set_to_none=True)
-    scaling = scaler is not None and scaler.is_enabled()
-    (scaler.scale(loss) if scaling else loss).backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    if scaling:
-        # fp16: an infinite gradient is routine (the loss scale was too high); the scaler skips
-        # that step and lowers the scale, so it is not an error here.
-        if clip_grad_norm:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, clip_grad_norm)
-    else:
-        # clip_grad_norm_ returns the norm before clipping; either way one pass over the gradients
-        norm = (nn.utils.clip_grad_norm_(params, clip_grad_norm) if clip_grad_norm
-                else nn.utils.get_total_norm([p.grad for p in params]))
-        if not torch.isfinite(norm):
-            first = next((n for n, p in model.named_parameters()
-                          if p.grad is not None and not torch.isfinite(p.grad).all()), "(the norm overflowed)")
-            raise NonFiniteLossError(
-                f"non-finite gradient at {_batch_where(step, epoch, targets)} (parameter {first}; "
-                f"loss {sum(floats):.4g}: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, floats)) + ")")
-    if on_checked is not None:
-        on_checked()
-    if scaling:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    out = dict(zip(names, floats))
-    out["loss"] = sum(out.values())
-    return out
-
-
-def first_non_finite(named_tensors) -> Optional[str]:
-    """Name of the first floating-point tensor with a NaN or infinite value, or None."""
-    for name, t in named_tensors:
-        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
-            return name
-    return None
 
 
 class Trainer:
@@ -272,14 +140,14 @@ class Trainer:
         # Its own generator: creating the loader then draws nothing from the global RNG, so where
         # a run (or a resumed run) creates it does not shift the random numbers of the steps.
         return DataLoader(self.train_set, batch_size=per_process, sampler=sampler,
-                          num_workers=self.cfg.num_workers, collate_fn=collate,
+                          num_workers=self.cfg.num_workers, collate_fn=collate_fn,
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     # ----------------------------------------------------------------- one step
     def train_step(self, images, targets, on_checked: Optional[Callable[[], None]] = None) -> Dict[str, float]:
         """:func:`train_step` with this trainer's model, optimizer, scaler and clipping; then the
         learning-rate schedule advances one step. Returns the loss terms as floats."""
-        losses = train_step(  # the module-level function above, not this method
+        losses = train_step(  # the function of train_step.py, not this method
             self.ddp_model, self.optimizer, images, targets, clip_grad_norm=self.cfg.clip_grad_norm,
             scaler=self.scaler, amp_dtype=self.amp_dtype, device=self.device, world=self.world,
             step=self.global_step + 1, epoch=self.epoch + 1, on_checked=on_checked)
@@ -425,106 +293,9 @@ class Trainer:
         return path
 
     def load(self, path) -> None:
-        """Continue from checkpoint ``path``. A different model, number of classes or optimizer is a
-        ValueError naming what differs; other changed settings (batch size, lr, epochs, ...) are
-        applied from this trainer's config and listed in ``self.resume_changes`` (and printed)."""
-        state = read_checkpoint(path, map_location=self.device)
-        need = ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "train_config")
-        if not isinstance(state, dict) or any(k not in state for k in need):
-            raise ValueError(f"cannot resume from {path}: it is not a Trainer checkpoint "
-                             f"(missing {[k for k in need if not isinstance(state, dict) or k not in state]})")
-        saved_model = state.get("model_config") or {}
-        if saved_model and self.model_config and saved_model != self.model_config:
-            # a field one side lacks reads as None, which for mask_batch_size_per_image is its default
-            diff = [f"{k}: {saved_model.get(k)!r} in the checkpoint, {self.model_config.get(k)!r} now"
-                    for k in sorted(set(saved_model) | set(self.model_config))
-                    if saved_model.get(k) != self.model_config.get(k)]
-            if diff:
-                raise ValueError(f"cannot resume from {path}: the model differs ({'; '.join(diff)})")
-        old = state["train_config"]
-        if old.get("optimizer") != self.cfg.optimizer:
-            raise ValueError(f"cannot resume from {path}: it was trained with optimizer {old.get('optimizer')!r}, "
-                             f"this run uses {self.cfg.optimizer!r} (their states do not convert)")
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            # torch lists every mismatch on its own line after a header; the first one says enough
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            raise ValueError(f"cannot resume from {path}: its weights do not fit this model "
-                             f"({lines[1] if len(lines) > 1 else lines[0]}"
-                             f"{' ...' if len(lines) > 2 else ''})") from e
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ValueError(f"cannot resume from {path}: its optimizer state does not fit this model's "
-                             f"parameters ({e})") from e
-        self.scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.global_step = state["epoch"], state["global_step"]
-        self.epoch_samples = state.get("epoch_samples", 0)
-        self.saved_step = self.global_step
-        self.history = state["history"]
-        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state["rng"].items()})
-
-        now = asdict(self.cfg)
-        self.resume_changes = [f"{k} {old[k]!r} -> {now[k]!r}" for k in now
-                               if k in old and k not in ("progress", "num_workers") and
-                               (list(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) !=
-                               (list(now[k]) if isinstance(now[k], (list, tuple)) else now[k])]
-        if self.resume_changes:
-            # The optimizer state carries the old hyperparameters; this run's config wins.
-            for g in self.optimizer.param_groups:
-                g["initial_lr"] = self.cfg.lr
-                g["weight_decay"] = self.cfg.weight_decay
-                if "momentum" in g:
-                    g["momentum"] = self.cfg.momentum
-            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-            factor = lr_factor(self.global_step, self.total_iters, self.cfg)
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.cfg.lr * factor
-            if self.rank == 0:
-                print(f"note: resuming {path} at step {self.global_step} with changed settings: "
-                      + ", ".join(self.resume_changes), flush=True)
+        """Continue from checkpoint ``path`` (see :func:`~mrcnn_lite.engine.resume.resume_from`)."""
+        resume_from(self, path)
 
     def write_metrics(self, plot: bool = True) -> None:
-        """``metrics.json`` (everything), ``metrics.csv`` (one row per step) and (``plot``)
-        ``losses.png``, each written atomically."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "metrics.json", json.dumps(self.history, indent=1))
-        rows = self.history["train"]
-        if rows:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-            atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
-            if plot:
-                plot_losses(rows, self.out_dir / "losses.png")
-
-
-def plot_losses(rows: List[dict], path=None, ax=None):
-    """Plot every ``loss*`` column of the step history against the step; save to ``path`` if given.
-
-    Uses a standalone ``Figure`` when saving, so it never changes the notebook's plotting backend.
-    """
-    fig = None
-    if ax is None:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7, 4))
-        ax = fig.subplots()
-    steps = [r["step"] for r in rows]
-    for k in rows[0]:
-        if k.startswith("loss"):
-            ax.plot(steps, [r[k] for r in rows], label=k, lw=2 if k == "loss" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    if path is not None and fig is not None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=80, bbox_inches="tight")
-        os.replace(tmp, path)  # a reader never sees half a picture
-    return ax
+        """``metrics.json``, ``metrics.csv`` and (``plot``) ``losses.png`` in the run folder."""
+        write_metrics(self.out_dir, self.history, plot)

@@ -24,12 +24,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import build_model
 from .. import config as C
 from ..data import CLASSES, ShapesDataset
 from ..engine.checkpoint import atomic_write_text
 from ..engine.coco_eval import evaluate
 from ..engine.trainer import TrainConfig, Trainer
-from ..model.mask_rcnn import build_model
+from ..recipes import V1_MODEL
 from . import variants as V
 
 HELDOUT_SEED = 99    # the held-out split of `make demo` and the shipped course model
@@ -80,7 +81,6 @@ METRICS = ("box_AP", "mask_AP", "mask_AP50", "mask_AP75", "train_seconds")
 
 def build_variant(name: str, seed: int) -> nn.Module:
     """The course model (``V1_MODEL``) with ``seed``'s initialisation, changed by variant ``name``."""
-    from ..__main__ import V1_MODEL
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     torch.manual_seed(seed)

@@ -1,8 +1,9 @@
 """The course recipe (``train --config tiny-shapes``) against the first one (``--recipe v1``), trained side by side.
 
-``TINY_SHAPES_RECIPE`` / ``TINY_SHAPES_MODEL`` in ``mrcnn_lite/__main__.py`` are what ``make demo`` trains;
-``V1_RECIPE`` / ``V1_MODEL`` next to them are the recipe issue 15 asked to halve (float32, 3000 steps of 4
-images with 1-6 shapes; held-out mask AP 0.74). Last result: ``benchmarks/recipe_bench_cpu.txt``.
+``TINY_SHAPES_RECIPE`` / ``TINY_SHAPES_MODEL`` in ``mrcnn_lite/recipes.py`` are what ``make demo`` trains;
+``V1_RECIPE`` / ``V1_MODEL`` next to them are the first recipe, the one the course recipe set out to halve
+(float32, 3000 steps of 4 images with 1-6 shapes; held-out mask AP 0.74). Last result:
+``benchmarks/recipe_bench_cpu.txt``.
 
 What the bench does, in one run:
 
@@ -18,7 +19,7 @@ What the bench does, in one run:
 3. The ratio of the training times (course / v1), wall and CPU, and whether the goal holds: at most half
    of v1's training time, held-out mask AP >= 0.75 and AP50 >= 0.92.
 
-    python benchmarks/recipe_bench.py [--seed 0] [--jobs 2] [--out runs/recipe_bench] [--json FILE] [--txt FILE]
+    python tools/recipe_bench.py [--seed 0] [--jobs 2] [--out runs/recipe_bench] [--json FILE] [--txt FILE]
 
 ``--num-train N`` and ``--num-heldout N`` shorten both runs and the held-out split: a check of the bench
 itself (tests/test_recipe_bench.py), not of the recipes.
@@ -35,9 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from mrcnn_lite.__main__ import RECIPES
+from mrcnn_lite.recipes import RECIPES
 
-GOAL_TIME_RATIO = 0.5   # issue 15: at most half of v1's training time ...
+GOAL_TIME_RATIO = 0.5   # the goal: at most half of v1's training time ...
 GOAL_MASK_AP = 0.75     # ... for a held-out mask AP of at least 0.75 ...
 GOAL_MASK_AP50 = 0.92   # ... and AP50 of at least 0.92
 HELDOUT_SEED = 99

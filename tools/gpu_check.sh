@@ -2,7 +2,7 @@
 # GPU readiness in one run: the CUDA tests, then the side-by-side bench against torchvision on the GPU
 # (fp32 and AMP, then again with `--compile reduce-overhead`), tables and JSON written to a folder.
 #
-#   OUT=results/ benchmarks/gpu_check.sh        # default folder: benchmarks/gpu_results
+#   OUT=results/ tools/gpu_check.sh             # default folder: benchmarks/gpu_results
 #
 # Needs a CUDA machine with torch and torchvision installed, pytest and matplotlib; it does not need
 # pycocotools or ipywidgets (the tests it runs import only the model, its ops and the fast floor).

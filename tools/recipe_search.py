@@ -1,9 +1,9 @@
-"""One training run of a recipe variant for the recipe search of issue 15: trains the tiny model on shapes
-from v1's settings (``V1_RECIPE`` / ``V1_MODEL`` in ``mrcnn_lite/__main__.py``) changed by the JSON options,
+"""One training run of a recipe variant for the course recipe's search: trains the tiny model on shapes
+from v1's settings (``V1_RECIPE`` / ``V1_MODEL`` in ``mrcnn_lite/recipes.py``) changed by the JSON options,
 then prints and appends one JSON row: steps, training time (wall and CPU seconds of this process, one torch
 thread) and COCO AP on the course's held-out split ``ShapesDataset(100, seed=99)``.
 
-    python benchmarks/recipe_search.py TAG [--model JSON] [--recipe JSON] [--data JSON] [--seed 0]
+    python tools/recipe_search.py TAG [--model JSON] [--recipe JSON] [--data JSON] [--seed 0]
                                        [--out benchmarks/recipe_search/runs.jsonl]
 
     --model   MaskRCNNConfig fields, e.g. '{"mask_batch_size_per_image": 8, "rpn_post_nms_top_n_train": 150}'
@@ -15,7 +15,7 @@ README's "The course recipe" summarises them. Rows A-H shared the machine with o
 far above their CPU time); compare CPU seconds. The rows with ``mask_batch_size_per_image`` ran an earlier
 form of the cap (a random permutation drawn even when an image had fewer positives than the cap), which
 draws other random numbers: a rerun agrees up to seed noise, not bit for bit. The course recipe, row ``S``, is what ``make demo`` trains,
-and ``benchmarks/recipe_bench.py`` times it against v1 in one run.
+and ``tools/recipe_bench.py`` times it against v1 in one run.
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from mrcnn_lite import build_model
 from mrcnn_lite import config as C
-from mrcnn_lite.__main__ import V1_MODEL, V1_RECIPE
+from mrcnn_lite.recipes import V1_MODEL, V1_RECIPE
 from mrcnn_lite.data import CLASSES, ShapesDataset
 from mrcnn_lite.engine import TrainConfig, Trainer
 from mrcnn_lite.engine.coco_eval import evaluate
-from mrcnn_lite.model.mask_rcnn import build_model
 
 
 def main(argv=None) -> dict:
