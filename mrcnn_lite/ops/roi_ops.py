@@ -23,6 +23,7 @@ Shapes used below: ``input (N, C, H, W)``, ``K`` RoIs, output ``(K, C, PH, PW)``
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, Sequence, Tuple, Union
 
 import torch
@@ -280,7 +281,8 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
 
     For each RoI: the sample points are the product of a set of y's (``PH * grid_h``) and a set of x's
     (``PW * grid_w``); every sample is the bilinear blend of its four neighbour cells; each bin averages
-    its ``grid_h * grid_w`` samples. Samples outside ``[-1, H] x [-1, W]`` contribute 0 but still count.
+    its ``grid_h * grid_w`` samples, added in the kernel's order (float32 results equal those of
+    torchvision's CPU kernel bit for bit). Samples outside ``[-1, H] x [-1, W]`` contribute 0 but still count.
     RoIs with the same number of samples per bin (all of them, for a fixed ``sampling_ratio``) are
     computed together. float16/bfloat16 input is sampled in float32 and cast back, as torchvision does.
     """
@@ -314,6 +316,15 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
 
         samples = (corner(y0, x0, wy0 * wx0) + corner(y0, x1, wy0 * wx1)
                    + corner(y1, x0, wy1 * wx0) + corner(y1, x1, wy1 * wx1))
-        bins = samples.reshape(len(idx), ph, gh, pw, gw, c).sum(dim=(2, 4)) / (gh * gw)  # (k, PH, PW, C)
+        # Average of each bin's gh x gw samples, added one at a time, row by row, as torchvision's kernel
+        # adds them. Float addition is not associative: ``.sum(dim=(2, 4))`` picks its own order and can
+        # land one rounding step away, and the heads can carry such a step across an integer threshold
+        # further on (a pasted mask's pixel box, a box's FPN level): a visibly different detection.
+        samples = samples.reshape(len(idx), ph, gh, pw, gw, c)
+        total = samples[:, :, 0, :, 0]
+        for iy, ix in itertools.product(range(gh), range(gw)):
+            if (iy, ix) != (0, 0):
+                total = total + samples[:, :, iy, :, ix]
+        bins = total / (gh * gw)                                                    # (k, PH, PW, C)
         out[idx] = bins.permute(0, 3, 1, 2)
     return out.to(out_dtype)
