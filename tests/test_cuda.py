@@ -1,5 +1,5 @@
 """The model on a GPU, both floors: CUDA against CPU, fast against reference, what the fast floor calls there,
-AMP, and the stages written without host-device syncs. Skipped without CUDA; ``benchmarks/gpu_check.sh``
+AMP, and the stages written without host-device syncs. Skipped without CUDA; ``tools/gpu_check.sh``
 runs this file (it imports nothing that needs pycocotools or ipywidgets).
 
 The op-level CUDA tests live with their ops: ``test_ops_roi.py`` and ``test_ops_nms.py`` (``-k cuda``).
