@@ -258,7 +258,7 @@ def course_map(nbs: list[Path]) -> str:
         m = re.search(r"\*\*Study time\.\*\*\s*(?:about\s*)?(\d+(?:\.\d+)?\s*hours?)", text, re.I)
         hours = m.group(1) if m else ""
         objectives = re.findall(r"^- (.+?)[;.]?$", text.split("**Learning objectives", 1)[-1], re.M)
-        what = "; ".join(objectives[:2]) if "**Learning objectives" in text else ""
+        what = objectives[0] if objectives and "**Learning objectives" in text else ""
         link = f"[{title}](notebooks/{p.stem}.ipynb)" if p.name in built else f"{title} (not in this build)"
         rows.append(f"| {p.name[:2]} | {link} | {what} | {hours} |")
     return "\n".join(rows)
