@@ -44,3 +44,14 @@ lab: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis
+
+# The course as a static book (docs/build_book.py): executes every notebook with the default settings, 2 at
+# a time with one thread each, fails on any notebook error, and renders build/book/html/index.html with
+# Sphinx + myst-nb (the `book` extra, installed on first use).
+.PHONY: book
+BOOK_STAMP := $(VENV)/.book-done
+$(BOOK_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[book]'
+	@touch $@
+book: $(BOOK_STAMP)
+	$(PY) docs/build_book.py --jobs 2 --out build/book
