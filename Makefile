@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,teach]'
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev,teach,book]'
 	@touch $@
 
 # One torch thread per process: the two xdist workers (and the notebook kernels they start) then share
@@ -47,11 +47,7 @@ clean:
 
 # The course as a static book (docs/build_book.py): executes every notebook with the default settings, 2 at
 # a time with one thread each, fails on any notebook error, and renders build/book/html/index.html with
-# Sphinx + myst-nb (the `book` extra, installed on first use).
+# Sphinx + myst-nb (the `book` extra, which `make setup` installs with the rest).
 .PHONY: book
-BOOK_STAMP := $(VENV)/.book-done
-$(BOOK_STAMP): $(STAMP)
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[book]'
-	@touch $@
-book: $(BOOK_STAMP)
+book: $(STAMP)
 	$(PY) docs/build_book.py --jobs 2 --out build/book

@@ -7,7 +7,7 @@ command line (``python -m mrcnn_lite train --help``).
 
 # The default course run (``train --config tiny-shapes``), tuned to finish `make demo` in a few minutes
 # on 2 CPU cores. How each choice was measured: benchmarks/recipe_bench_cpu.txt (this recipe against
-# v1 below) and the README's "The course recipe".
+# v1 below) and docs/recipe.md.
 # - AdamW, not SGD: from scratch and in a few thousand steps it learned several times faster (held-out
 #   mask AP 0.15 vs 0.03 after 300 steps).
 # - Fresh images every step (one epoch of 2200 steps), each with 5-12 shapes where the held-out images

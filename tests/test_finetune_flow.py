@@ -131,7 +131,7 @@ def test_finetuning_flow(coco_folder, predictors):
     assert set(out) == {"boxes", "labels", "scores", "masks"} and out["masks"].shape[1:] == (1, 128, 128)
 
     # torchvision's engine.evaluate would compute box AP only for this model (an isinstance check): the
-    # README gives the one-line workaround, engine._get_iou_types = lambda model: ["bbox", "segm"].
+    # docs/torchvision.md gives the one-line workaround, engine._get_iou_types = lambda model: ["bbox", "segm"].
     assert reference_iou_types(model) == ["bbox"]
 
 

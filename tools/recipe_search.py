@@ -11,7 +11,7 @@ thread) and COCO AP on the course's held-out split ``ShapesDataset(100, seed=99)
     --data    ShapesDataset options of the training images, e.g. '{"min_shapes": 5, "max_shapes": 12}'
 
 The search's runs, two at a time on a 2-core machine, are in ``benchmarks/recipe_search/runs.jsonl``; the
-README's "The course recipe" summarises them. Rows A-H shared the machine with other work (their wall time
+docs/recipe.md summarises them. Rows A-H shared the machine with other work (their wall time
 far above their CPU time); compare CPU seconds. The rows with ``mask_batch_size_per_image`` ran an earlier
 form of the cap (a random permutation drawn even when an image had fewer positives than the cap), which
 draws other random numbers: a rerun agrees up to seed noise, not bit for bit. The course recipe, row ``S``, is what ``make demo`` trains,
