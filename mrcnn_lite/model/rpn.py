@@ -282,7 +282,6 @@ class RegionProposalNetwork(nn.Module):
         return boxes, losses
 
 
-
 def rpn_loss(
     objectness: Tensor,
     pred_bbox_deltas: Tensor,
