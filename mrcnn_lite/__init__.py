@@ -7,11 +7,13 @@
     model = ml.load_course_model()           # the shipped trained course model (float32, eval mode)
 
 ``cfg.kernels`` picks the floor a model runs on: ``"reference"`` (the plain code in ``ops`` and ``model``)
-or ``"fast"`` (the default: ``mrcnn_lite.fast``); both give the same numbers.
+or ``"fast"`` (the default: ``mrcnn_lite.fast``); both give the same numbers. ``build_model``
+(``build.py``) is the one place that picks the kernels and makes the parts; torchvision's builder and
+model conversion live in ``torchvision_compat.py``.
 """
 from . import config, detection, ops
-from .model.interop import from_torchvision, maskrcnn_resnet50_fpn
-from .model.mask_rcnn import build_model
+from .build import build_model
+from .torchvision_compat import from_torchvision, maskrcnn_resnet50_fpn
 
 __version__ = "0.1.0"
 

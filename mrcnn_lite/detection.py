@@ -9,13 +9,12 @@ Same names and constructor arguments, in torchvision's order (ours may add keywo
 """
 from .model.anchors import AnchorGenerator
 from .model.box_head import FastRCNNPredictor, TwoMLPHead
-from .model.interop import from_torchvision, maskrcnn_resnet50_fpn, validate_trainable_layers
 from .model.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from .model.mask_rcnn import MaskRCNN
-from .model.roi_heads import RoIHeads
 from .model.rpn import RegionProposalNetwork
 from .model.rpn_head import RPNHead
 from .model.transform import GeneralizedRCNNTransform, ImageList
+from .torchvision_compat import RoIHeads, from_torchvision, maskrcnn_resnet50_fpn, validate_trainable_layers
 
 __all__ = [
     "maskrcnn_resnet50_fpn", "MaskRCNN", "from_torchvision", "validate_trainable_layers",

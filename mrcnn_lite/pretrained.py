@@ -102,7 +102,7 @@ def measure_heldout(state: Dict[str, Any], seed: int, num_images: int, threads: 
     from .config import MaskRCNNConfig
     from .data import ShapesDataset
     from .engine.coco_eval import evaluate
-    from .model.mask_rcnn import build_model
+    from .build import build_model
 
     used = _training_seeds(state)
     if seed in used:

@@ -6,6 +6,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from mrcnn_lite.config import r50_fpn, tiny
 from mrcnn_lite.model.anchors import AnchorGenerator, generate_base_anchors, grid_anchors
+from mrcnn_lite.model.transform import ImageList as OurImageList
 
 
 def _features(batch, grid_sizes, dtype=torch.float32):
@@ -58,16 +59,29 @@ def test_equals_torchvision(sizes, ratios, image_size, grid_sizes, dtype):
     assert a[0].shape == (expected, 4)
 
 
-def test_accepts_image_list_and_caches():
+def test_accepts_image_list_and_padded_batch():
     gen = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
     images = torch.zeros(3, 3, 64, 64)
     features = _features(3, [(16, 16), (8, 8)])
     a = gen(images, features)
     b = gen(ImageList(images, [(64, 64)] * 3), features)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert len(gen._cache) == 1
-    a[0].add_(1.0)  # callers get copies: the cache is untouched
-    assert torch.equal(gen(images, features)[1], b[1])
+    assert len(a) == len(b) == 3 and all(torch.equal(x, y) for x, y in zip(a, b))
+    a[0].add_(1.0)  # each image gets its own tensor
+    assert torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0])
+
+
+def test_image_list_over_one_3d_image_as_torchvision():
+    """torchvision's AnchorGenerator reads the padded size from ``tensors.shape[-2:]`` and the batch size from
+    ``image_sizes``, so an ImageList whose ``tensors`` is one (C, H, W) image works; ours too, same anchors."""
+    image = torch.zeros(3, 64, 96)
+    features = _features(1, [(16, 24), (8, 12)])
+    sizes, ratios = ((16,), (32,)), ((0.5, 1.0, 2.0),) * 2
+    ref = TVAnchorGenerator(sizes, ratios)(ImageList(image, [(64, 96)]), features)
+    for image_list in (ImageList(image, [(64, 96)]), OurImageList(image, [(64, 96)])):
+        ours = AnchorGenerator(sizes, ratios)(image_list, features)
+        assert len(ours) == len(ref) == 1 and torch.equal(ours[0], ref[0])
+    with pytest.raises(TypeError, match="padded batch tensor"):
+        AnchorGenerator(sizes, ratios)(image, features)  # a bare 3-D tensor: which is the batch size?
 
 
 def test_base_anchors_and_order():

@@ -12,7 +12,8 @@ from mrcnn_lite.fast.nms import greedy_keep
 from mrcnn_lite.fast.roi_align import _weighted_rows
 from mrcnn_lite.model.frozen_bn import FrozenBatchNorm2d
 from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler
-from mrcnn_lite.model.transform import paste_masks_in_image
+from mrcnn_lite.model.anchors import AnchorGenerator
+from mrcnn_lite.model.transform import GeneralizedRCNNTransform, ImageList, paste_masks_in_image
 from mrcnn_lite.ops.nms import iou_above
 
 
@@ -89,6 +90,33 @@ def test_frozen_bn_cached_equals_reference_forward_and_backward():
     a.sum().backward()
     b.sum().backward()
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-14, atol=1e-14)
+
+
+def test_cached_anchor_generator_equals_reference_and_hands_out_copies():
+    sizes, ratios = ((16,), (32,)), ((0.5, 1.0, 2.0),) * 2
+    ref, cached = AnchorGenerator(sizes, ratios), fast.CachedAnchorGenerator(sizes, ratios)
+    for shape, grids in (((3, 3, 64, 64), [(16, 16), (8, 8)]), ((2, 3, 96, 64), [(24, 16), (12, 8)])):
+        images = torch.zeros(shape)
+        features = [torch.zeros(shape[0], 2, h, w) for h, w in grids]
+        for _ in range(2):  # the second call is served from the cache
+            a, b = ref(images, features), cached(ImageList(images, [shape[-2:]] * shape[0]), features)
+            assert len(a) == len(b) == shape[0] and all(torch.equal(x, y) for x, y in zip(a, b))
+        b[0].add_(1.0)  # callers get copies: the cache is untouched
+        assert torch.equal(cached(images, features)[0], a[0])
+    assert len(cached._cache) == 2  # one entry per (padded size, grid sizes, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cached_normalize_equals_reference(dtype):
+    args = (64, 96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    ref, cached = GeneralizedRCNNTransform(*args), fast.CachedNormalizeTransform(*args)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(2):  # the second call is served from the cache
+        image = torch.rand(3, 20, 30, generator=g, dtype=dtype)
+        assert torch.equal(cached.normalize(image), ref.normalize(image))
+    images = [torch.rand(3, 50, 70, generator=g, dtype=dtype), torch.rand(3, 64, 48, generator=g, dtype=dtype)]
+    a, b = ref.eval()(images)[0], cached.eval()(images)[0]
+    assert a.image_sizes == b.image_sizes and torch.equal(a.tensors, b.tensors)
 
 
 def test_paste_grid_equals_reference():

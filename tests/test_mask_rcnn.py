@@ -15,7 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import mrcnn_lite as ml
 from mrcnn_lite.fast import fold_frozen_bn
-from mrcnn_lite.model.interop import config_from_torchvision
+from mrcnn_lite.torchvision_compat import config_from_torchvision
 from mrcnn_lite.model.mask_rcnn import MaskRCNN
 
 SMALL = dict(

@@ -10,7 +10,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from mrcnn_lite.config import tiny
 from mrcnn_lite.model.anchors import AnchorGenerator
-from mrcnn_lite.model.kernels import kernels_for
+from mrcnn_lite.build import kernels_for
 from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 from mrcnn_lite.model.rpn import RegionProposalNetwork, RPNHead, build_rpn
 from mrcnn_lite.model.transform import ImageList as OurImageList
@@ -147,8 +147,8 @@ def _setup(seed=0, channels=8, floor="reference", **overrides):
               nms_thresh=0.7, score_thresh=0.0)
     kw.update(overrides)
     k = kernels_for(floor)
-    ours = RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), head, nms_fn=k.batched_nms, **kw)
-    ours.fg_bg_sampler = k.sampler(kw["batch_size_per_image"], kw["positive_fraction"])
+    ours = RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), head, nms_fn=k.batched_nms, sampler=k.sampler, **kw)
+    assert type(ours.fg_bg_sampler) is k.sampler
     theirs = tv_rpn.RegionProposalNetwork(TVAnchorGenerator(SIZES, RATIOS), tv_head, **kw)
     B = len(IMAGE_SIZES)
     images = torch.rand(B, 3, H, W, dtype=torch.float64)

@@ -20,7 +20,7 @@ from mrcnn_lite.fast import (CachedFrozenBatchNorm2d, HostSyncCounter, SyncFreeB
                              compile_backbone, fold_frozen_bn)
 from mrcnn_lite.model.backbone import resnet_fpn_backbone
 from mrcnn_lite.model.frozen_bn import FrozenBatchNorm2d
-from mrcnn_lite.model.kernels import kernels_for
+from mrcnn_lite.build import kernels_for
 from mrcnn_lite.model.matching import BalancedPositiveNegativeSampler, Matcher
 from mrcnn_lite.model.transform import resize_boxes
 
@@ -175,10 +175,10 @@ def test_frozen_bn_after_inference_mode_still_trains():
     assert x.grad is not None
 
 
-@pytest.mark.parametrize("cls", [FrozenBatchNorm2d, CachedFrozenBatchNorm2d], ids=["reference", "fast"])
-def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32(cls):
-    """eps = 0 and a near-zero running_var: the scale (1 / sqrt(1e-12) = 1e6) does not fit float16 (max 65504)."""
-    bn = cls(2, eps=0.0)
+def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32():
+    """eps = 0 and a near-zero running_var: the scale (1 / sqrt(1e-12) = 1e6) does not fit float16 (max 65504).
+    The fast layer, which casts scale and shift to the activations' dtype, warns and stays in float32."""
+    bn = CachedFrozenBatchNorm2d(2, eps=0.0)
     with torch.no_grad():
         bn.running_var.copy_(torch.tensor([1e-12, 1.0]))
     x = torch.full((1, 2, 2, 2), 2.0 ** -20).half()  # exactly representable (a float16 subnormal)
@@ -189,10 +189,24 @@ def test_frozen_bn_under_autocast_float16_overflow_falls_back_to_float32(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bn(x.bfloat16()).dtype == torch.bfloat16  # bfloat16 has float32's range: no overflow
-        if cls is CachedFrozenBatchNorm2d:
-            assert bn(torch.ones(1, 2, 1, 1).half() * 0).dtype == torch.float32  # cached decision: no new warning
-    normal = cls(2, eps=0.0)
+        assert bn(torch.ones(1, 2, 1, 1).half() * 0).dtype == torch.float32  # cached decision: no new warning
+    normal = CachedFrozenBatchNorm2d(2, eps=0.0)
     assert normal(x).dtype == torch.float16  # ordinary statistics: the layer stays in float16
+
+
+def test_reference_frozen_bn_computes_in_float32_and_returns_the_activations_dtype():
+    """The reference layer never rounds scale or shift to float16: the same statistics give the exact
+    product (0.95, well inside float16's range), rounded once to the input's dtype, without a warning."""
+    bn = FrozenBatchNorm2d(2, eps=0.0)
+    with torch.no_grad():
+        bn.running_var.copy_(torch.tensor([1e-12, 1.0]))
+    x = torch.full((1, 2, 2, 2), 2.0 ** -20).half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = bn(x)
+    assert y.dtype == torch.float16
+    assert torch.equal(y[0, 0], torch.full((2, 2), 2.0 ** -20 * 1e6).half())
+    assert torch.equal(y[0, 1], x[0, 1])
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])

@@ -12,8 +12,9 @@ Each variant changes one part of a built ``MaskRCNN`` and leaves every other par
 * mask targets cropped with the GT box instead of the proposal: ``GTBoxMaskTargetsRoIHeads``;
 * sampling RoIs from the RPN's proposals only, without the GT boxes added: ``NoGTProposalsRoIHeads``.
 
-A ``RoIHeads`` subclass overrides one method (``mask_loss``, ``mask_probabilities`` or
-``select_training_samples``) and is put in place with ``use_heads``: the model's modules and weights stay.
+A ``RoIHeads`` subclass overrides one of the methods ``RoIHeads.forward`` calls through ``self``
+(``mask_loss``, ``mask_probabilities`` or ``add_gt_proposals``) and is put in place with ``use_heads``: the
+model's modules and weights stay.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..model.box_head import sample_rois
 from ..model.mask_head import maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes
 from ..model.roi_heads import RoIHeads
 from ..ops.poolers import MultiScaleRoIAlign
@@ -184,8 +184,5 @@ class NoGTProposalsRoIHeads(RoIHeads):
     """Training RoIs sampled from the RPN's proposals alone: the GT boxes are *not* added to them, so
     early in training, while the RPN is still poor, the second stage sees few or no positives."""
 
-    def select_training_samples(self, proposals, targets):
-        self.check_targets(targets)
-        gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
-        return sample_rois(proposals, gt_boxes, [t["labels"] for t in targets], self.proposal_matcher,
-                           self.fg_bg_sampler, self.box_coder)
+    def add_gt_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor]) -> List[Tensor]:
+        return list(proposals)

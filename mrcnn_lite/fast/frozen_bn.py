@@ -9,7 +9,8 @@ it) keeps scale and shift until a buffer changes and applies them with one ``tor
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
+import warnings
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,10 @@ class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):
     ``scale`` and ``shift`` are worked out on first use and reused until one of the four buffers changes:
     it is replaced (``.to()``, ``load_state_dict``) or written in place, which PyTorch counts in
     ``tensor._version``. Writes through ``.data`` bypass that counter; use ``copy_`` under ``torch.no_grad()``.
+
+    Mixed precision: where the reference computes in float32 and rounds the result, this layer casts scale
+    and shift to the activations' dtype once and stays in it (half the memory traffic), unless that
+    overflows float16 (largest number 65504): then it warns and computes in float32.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5):
@@ -31,11 +36,25 @@ class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):
         self._cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
         self._cache_source: tuple = ()
 
-    def scale_and_shift(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
-        """The precomputed ``compute_scale_and_shift(dtype)``, recomputed only when a buffer has changed."""
+    def scale_and_shift_for(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """``compute_scale_and_shift()`` cast to ``dtype`` if that is a lower precision, unless the cast overflows."""
+        scale, shift = self.compute_scale_and_shift()
+        if dtype == scale.dtype or torch.promote_types(dtype, scale.dtype) != scale.dtype:
+            return scale, shift
+        if torch.compiler.is_compiling():  # no data-dependent check inside a compiled graph
+            return scale.to(dtype), shift.to(dtype)
+        low_scale, low_shift = scale.to(dtype), shift.to(dtype)
+        if bool(torch.isfinite(low_scale).all() & torch.isfinite(low_shift).all()):
+            return low_scale, low_shift
+        warnings.warn(f"FrozenBatchNorm2d({self.num_features}, eps={self.eps}): scale or shift overflows {dtype} "
+                      f"(a running_var near 0 with a small eps); this layer computes in {scale.dtype}.")
+        return scale, shift
+
+    def scale_and_shift(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """The precomputed ``scale_and_shift_for(dtype)``, recomputed only when a buffer has changed."""
         buffers = (self.weight, self.bias, self.running_mean, self.running_var)
         if torch.compiler.is_compiling() or any(b.is_inference() for b in buffers):
-            return self.compute_scale_and_shift(dtype)  # a compiler folds it into its graph anyway
+            return self.scale_and_shift_for(dtype)  # a compiler folds it into its graph anyway
         source = tuple((b, b._version) for b in buffers)
         if len(source) != len(self._cache_source) or any(
             b is not old_b or v != old_v for (b, v), (old_b, old_v) in zip(source, self._cache_source)
@@ -45,11 +64,11 @@ class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):
         key = (dtype, torch.is_inference_mode_enabled())
         if key not in self._cache:
             with torch.no_grad():
-                self._cache[key] = self.compute_scale_and_shift(dtype)
+                self._cache[key] = self.scale_and_shift_for(dtype)
         return self._cache[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (N, C, H, W) -> (N, C, H, W)."""
+        """x: (N, C, H, W) -> (N, C, H, W) (float32 only when float16 would overflow; see the class)."""
         scale, shift = self.scale_and_shift(x.dtype)
         # (C,) -> (1, C, 1, 1); addcmul = shift + x * scale in one pass over x.
         return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))

@@ -1,4 +1,4 @@
-"""The fast floor's kernel set: which implementation each swappable op uses, per call.
+"""The fast floor's kernel set: which implementation each swappable piece uses, per call.
 
 * ``roi_align``: on a CPU with a fixed sampling ratio (the box and mask branches), ``fast.roi_align``:
   it uses every core, where torchvision's CPU kernel runs on one thread. Otherwise (CUDA, and the
@@ -7,7 +7,8 @@
 * ``batched_nms``: torchvision's compiled kernel; ``fast.batched_nms`` when torchvision is missing.
 * ``paste_masks_in_image``: on a CPU the reference loop (each mask touches only its own box); on a GPU
   ``fast.paste_masks_grid`` (a few large kernels instead of one small one per mask).
-* frozen batch norm: ``CachedFrozenBatchNorm2d``; sampler: ``SyncFreeBalancedPositiveNegativeSampler``.
+* frozen batch norm: ``CachedFrozenBatchNorm2d``; sampler: ``SyncFreeBalancedPositiveNegativeSampler``;
+  transform and anchors: ``CachedNormalizeTransform``, ``CachedAnchorGenerator`` (``caches.py``).
 
 Each call records the implementation it ran in the set's ``KernelLog``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 from ..model.kernels import Kernels, KernelLog, recorded
 from ..model.transform import paste_masks_in_image
 from . import nms as fast_nms
+from .caches import CachedAnchorGenerator, CachedNormalizeTransform
 from .frozen_bn import CachedFrozenBatchNorm2d
 from .paste import paste_masks_grid
 from .roi_align import roi_align as fast_roi_align
@@ -51,4 +53,5 @@ def fast_kernels() -> Kernels:
     else:
         batched_nms = recorded(log, "batched_nms", "mrcnn_lite.fast.batched_nms", fast_nms.batched_nms)
     return Kernels(name="fast", roi_align=roi_align, batched_nms=batched_nms, paste_masks_in_image=paste,
-                   frozen_bn=CachedFrozenBatchNorm2d, sampler=SyncFreeBalancedPositiveNegativeSampler, log=log)
+                   frozen_bn=CachedFrozenBatchNorm2d, sampler=SyncFreeBalancedPositiveNegativeSampler,
+                   transform=CachedNormalizeTransform, anchor_generator=CachedAnchorGenerator, log=log)

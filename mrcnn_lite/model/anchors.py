@@ -17,7 +17,7 @@ level -> y -> x -> anchor. Same numbers as ``torchvision.models.detection.anchor
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -75,15 +75,14 @@ class AnchorGenerator(nn.Module):
             tuple ``(0.5, 1.0, 2.0)`` is used at every level.
 
     ``forward(images, feature_maps)``:
-        images: the padded batch ``(B, C, H, W)`` (or an object with ``.tensors``, like torchvision's
-            ``ImageList``). Only its shape is used: B and the padded size ``(H, W)``.
+        images: an ``ImageList`` (ours or torchvision's): one set of anchors per entry of its
+            ``image_sizes``, placed on its padded size ``tensors.shape[-2:]`` (so ``tensors`` may also be
+            one ``(C, H, W)`` image, as torchvision accepts); or the padded batch ``(B, C, H, W)`` itself.
         feature_maps: list of ``(B, C_l, H_l, W_l)``, one per level (same number as ``sizes``).
         Returns a list of B tensors ``(sum_l H_l * W_l * A_l, 4)`` xyxy in padded-image pixels, on the
         device of the feature maps, in their dtype -- but float32 when autocast made the features
         float16/bfloat16 (``ops.box_dtype``: above 1024 px, float16 has a step of 1 px);
         all images of a batch share the same anchors.
-
-    Anchors are cached per (feature shapes, strides, dtype, device): they only change with the size.
     """
 
     def __init__(
@@ -113,7 +112,6 @@ class AnchorGenerator(nn.Module):
         self.aspect_ratios = tuple(tuple(r) for r in aspect_ratios)
         # One (A_l, 4) tensor of zero-centred anchors per level.
         self.cell_anchors = [generate_base_anchors(s, r) for s, r in zip(self.sizes, self.aspect_ratios)]
-        self._cache: Dict[tuple, Tensor] = {}
 
     def num_anchors_per_location(self) -> List[int]:
         """``A_l`` for each level: len(sizes[l]) * len(aspect_ratios[l])."""
@@ -136,24 +134,24 @@ class AnchorGenerator(nn.Module):
         grid_sizes = [(int(g[0]), int(g[1])) for g in grid_sizes]
         # Stride = how many image pixels one feature-map cell covers (integer division, like torchvision).
         strides = [(height // gh, width // gw) for gh, gw in grid_sizes]
-        device = torch.device(device)
-        key = (tuple(grid_sizes), tuple(strides), dtype, device)
-        if key not in self._cache:
-            per_level = [
-                grid_anchors(base.to(dtype=dtype, device=device), g, s)
-                for base, g, s in zip(self.cell_anchors, grid_sizes, strides)
-            ]
-            if len(self._cache) >= 16:  # image sizes vary in training; keep the cache small
-                self._cache.clear()
-            self._cache[key] = torch.cat(per_level, dim=0)
-        return self._cache[key]
+        per_level = [
+            grid_anchors(base.to(dtype=dtype, device=device), g, s)
+            for base, g, s in zip(self.cell_anchors, grid_sizes, strides)
+        ]
+        return torch.cat(per_level, dim=0)
 
     def forward(self, images, feature_maps: Sequence[Tensor]) -> List[Tensor]:
-        tensors = getattr(images, "tensors", images)
-        if not isinstance(tensors, Tensor) or tensors.dim() != 4:
+        if hasattr(images, "tensors") and hasattr(images, "image_sizes"):  # an ImageList
+            tensors, batch_size = images.tensors, len(images.image_sizes)
+            if not isinstance(tensors, Tensor) or tensors.dim() < 2:
+                raise TypeError(f"AnchorGenerator: images.tensors must be a tensor (..., H, W), got "
+                                f"{getattr(tensors, 'shape', type(tensors).__name__)}")
+        elif isinstance(images, Tensor) and images.dim() == 4:
+            tensors, batch_size = images, images.shape[0]
+        else:
             raise TypeError(
-                "AnchorGenerator: images must be the padded batch tensor (B, C, H, W) or have .tensors; got "
-                f"{getattr(tensors, 'shape', type(tensors).__name__)}"
+                "AnchorGenerator: images must be an ImageList or the padded batch tensor (B, C, H, W); got "
+                f"{getattr(images, 'shape', type(images).__name__)}"
             )
         for level, fm in enumerate(feature_maps):
             if not isinstance(fm, Tensor) or fm.dim() != 4:
@@ -162,8 +160,8 @@ class AnchorGenerator(nn.Module):
         grid_sizes = [tuple(fm.shape[-2:]) for fm in feature_maps]
         dtype, device = box_dtype(feature_maps[0].dtype), feature_maps[0].device
         anchors = self.anchors_for(tuple(tensors.shape[-2:]), grid_sizes, dtype, device)
-        # A copy per image: callers may modify their anchors without touching the cache.
-        return [anchors.clone() for _ in range(tensors.shape[0])]
+        # A tensor per image, as torchvision returns: a caller may modify one without touching the others.
+        return [anchors.clone() for _ in range(batch_size)]
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}"

@@ -8,8 +8,8 @@ Training
     ``assign_targets_to_proposals`` IoU matching: >= 0.5 with some GT -> that GT's class, < 0.5 ->
                                     background (0); no "low-quality" matches here (unlike the RPN)
     ``subsample``                   512 RoIs per image, at most 25 % positive
-    ``sample_rois``                 matching + sampling + the regression targets (box coder, 10/10/5/5)
-                                    on a given pool of boxes
+    ``sampled_rois_and_targets``    the sampled RoIs and their regression targets (box coder, 10/10/5/5)
+    ``sample_rois``                 matching + sampling + targets on a given pool of boxes
     ``select_training_samples``     the GT boxes added to the proposals, then ``sample_rois``
     ``fastrcnn_loss``               cross-entropy over classes + smooth-L1 (beta 1/9) on the deltas of
                                     the GT class, positives only, divided by the number of sampled RoIs
@@ -127,11 +127,26 @@ def sample_rois(
         labels:             (S_i,) int64 class, 0 = background
         regression_targets: (S_i, 4) deltas from each RoI to its matched GT box (box_coder.encode)
     """
-    dtype, device = proposals[0].dtype, proposals[0].device
-    proposals = list(proposals)
     matched_idxs, labels = assign_targets_to_proposals(proposals, gt_boxes, gt_labels, proposal_matcher)
     sampled_inds = subsample(labels, fg_bg_sampler)
+    return sampled_rois_and_targets(proposals, matched_idxs, labels, sampled_inds, gt_boxes, box_coder)
 
+
+def sampled_rois_and_targets(
+    proposals: List[Tensor],
+    matched_idxs: List[Tensor],
+    labels: List[Tensor],
+    sampled_inds: List[Tensor],
+    gt_boxes: List[Tensor],
+    box_coder: BoxCoder,
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor], Tuple[Tensor, ...]]:
+    """Keep the sampled RoIs of each image and encode their regression targets.
+
+    Per image: ``proposals (P_i, 4)``, ``matched_idxs``/``labels (P_i,)`` from ``assign_targets_to_proposals``,
+    ``sampled_inds (S_i,)`` from ``subsample``, ``gt_boxes (n_i, 4)``. Returns what ``sample_rois`` returns.
+    """
+    dtype, device = proposals[0].dtype, proposals[0].device
+    proposals, matched_idxs, labels = list(proposals), list(matched_idxs), list(labels)
     matched_gt_boxes = []
     for i, inds in enumerate(sampled_inds):
         proposals[i] = proposals[i][inds]
@@ -235,9 +250,9 @@ def postprocess_detections(
         scores = scores[:, 1:].reshape(-1)
         labels = labels[:, 1:].reshape(-1)
 
-        # drop low scores and (nearly) empty boxes (torchvision's remove_small_boxes with min_size 1e-2)
-        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = torch.where((scores > score_thresh) & (widths >= 1e-2) & (heights >= 1e-2))[0]
+        # drop low scores and (nearly) empty boxes (ops.remove_small_boxes's test with min_size 1e-2),
+        # both listed with one torch.where (one host read on a GPU)
+        keep = torch.where((scores > score_thresh) & ops.large_box_mask(boxes, 1e-2))[0]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, nms_thresh)      # NMS within each class only
         keep = keep[:detections_per_img]                           # sorted by score: the best ones

@@ -1,8 +1,7 @@
 """Frozen batch norm: BatchNorm2d with fixed statistics, as detection backbones use it (``backbone.py``)."""
 from __future__ import annotations
 
-import warnings
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +18,9 @@ class FrozenBatchNorm2d(nn.Module):
     ``weight``, ``bias``, ``running_mean``, ``running_var``, as torchvision's) but never trained. Equal to
     ``nn.BatchNorm2d(...).eval()`` with the same statistics.
 
-    Mixed precision: ``scale`` and ``shift`` are computed in float32 (float64 in a float64 model), never
-    in float16: with ``eps = 0``, as in torchvision's COCO weights, a tiny ``running_var`` would round to 0
-    there and ``rsqrt(0) = inf``. They are then cast to the activations' dtype, unless that overflows
-    float16 (largest number 65504): then this layer warns and computes in float32.
+    Mixed precision: ``scale``, ``shift`` and the multiply-add are computed in float32 (float64 in a float64
+    model), never in float16: with ``eps = 0``, as in torchvision's COCO weights, a tiny ``running_var``
+    would round to 0 there and ``rsqrt(0) = inf``. The result is returned in the activations' dtype.
 
     Args:
         num_features: channels C of the input (N, C, H, W).
@@ -45,28 +43,18 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def compute_scale_and_shift(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
-        """``scale, shift`` of shape (C,): in the buffers' dtype (at least float32), then cast to ``dtype``
-        if that is a lower precision, unless the cast would overflow."""
-        buffer_dtype = torch.promote_types(self.running_var.dtype, torch.float32)
-        scale = self.weight.to(buffer_dtype) * torch.rsqrt(self.running_var.to(buffer_dtype) + self.eps)
-        shift = self.bias.to(buffer_dtype) - self.running_mean.to(buffer_dtype) * scale
-        if dtype is None or dtype == buffer_dtype or torch.promote_types(dtype, buffer_dtype) != buffer_dtype:
-            return scale, shift
-        if torch.compiler.is_compiling():  # no data-dependent check inside a compiled graph
-            return scale.to(dtype), shift.to(dtype)
-        low_scale, low_shift = scale.to(dtype), shift.to(dtype)
-        if bool(torch.isfinite(low_scale).all() & torch.isfinite(low_shift).all()):
-            return low_scale, low_shift
-        warnings.warn(f"FrozenBatchNorm2d({self.num_features}, eps={self.eps}): scale or shift overflows {dtype} "
-                      f"(a running_var near 0 with a small eps); this layer computes in {buffer_dtype}.")
+    def compute_scale_and_shift(self) -> Tuple[Tensor, Tensor]:
+        """``scale, shift`` of shape (C,), in the buffers' dtype (at least float32)."""
+        dtype = torch.promote_types(self.running_var.dtype, torch.float32)
+        scale = self.weight.to(dtype) * torch.rsqrt(self.running_var.to(dtype) + self.eps)
+        shift = self.bias.to(dtype) - self.running_mean.to(dtype) * scale
         return scale, shift
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, H, W) -> (N, C, H, W)."""
-        scale, shift = self.compute_scale_and_shift(x.dtype)
+        scale, shift = self.compute_scale_and_shift()
         # (C,) -> (1, C, 1, 1) so that they broadcast over batch and space.
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        return (x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

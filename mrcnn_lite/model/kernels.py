@@ -1,13 +1,14 @@
-"""The swappable pieces of the model and which implementation of each actually runs.
+"""The swappable pieces of the model, and a log of which implementation of each actually ran.
 
 Two floors compute the same numbers (tests/test_fast.py and the torchvision-equality tests prove it):
 
-* ``"reference"``: the plain code of ``mrcnn_lite.ops`` and ``mrcnn_lite.model`` -- what the course builds;
-* ``"fast"``: ``mrcnn_lite.fast`` -- torchvision's compiled kernels where importable, vectorised NMS,
-  channels-last RoIAlign, cached frozen batch norm, grid-sample mask pasting, a sync-free sampler.
+* the reference floor, ``reference_kernels()`` below: the plain code of ``mrcnn_lite.ops`` and
+  ``mrcnn_lite.model`` -- what the course builds;
+* the fast floor, ``mrcnn_lite.fast.fast_kernels()``: torchvision's compiled kernels where available,
+  vectorised NMS, channels-last RoIAlign, cached constants, grid-sample mask pasting, a sync-free sampler.
 
-``cfg.kernels`` picks one when the model is built (``kernels_for``); the stage modules receive the
-functions and classes below and never test which floor they are on. Functions record, at each call,
+``mrcnn_lite.build.build_model`` picks one set from ``cfg.kernels`` and hands its pieces to the stages
+as it constructs them; the stages never ask which floor they are on. The functions record, at each call,
 which implementation ran; ``MaskRCNN.kernels_used()`` reports it.
 """
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Callable, Dict, Set, Type
 from torch import nn
 
 from .. import ops
+from .anchors import AnchorGenerator
 from .frozen_bn import FrozenBatchNorm2d
 from .matching import BalancedPositiveNegativeSampler
-from .transform import paste_masks_in_image
+from .transform import GeneralizedRCNNTransform, paste_masks_in_image
 
 
 class KernelLog:
@@ -57,6 +59,8 @@ class Kernels:
     paste_masks_in_image: ``transform.paste_masks_in_image``'s signature
     frozen_bn:            the class built for ``cfg.norm == "frozen_bn"``
     sampler:              the ``BalancedPositiveNegativeSampler`` class of the RPN and the RoI heads
+    transform:            the ``GeneralizedRCNNTransform`` class
+    anchor_generator:     the ``AnchorGenerator`` class
     """
 
     name: str
@@ -65,10 +69,13 @@ class Kernels:
     paste_masks_in_image: Callable
     frozen_bn: Type[nn.Module]
     sampler: Type[BalancedPositiveNegativeSampler]
+    transform: Type[GeneralizedRCNNTransform]
+    anchor_generator: Type[AnchorGenerator]
     log: KernelLog
 
 
 def reference_kernels() -> Kernels:
+    """The reference floor: the plain code of ``ops`` and ``model``, each function call recorded."""
     log = KernelLog()
     return Kernels(
         name="reference",
@@ -78,16 +85,7 @@ def reference_kernels() -> Kernels:
                                       paste_masks_in_image),
         frozen_bn=FrozenBatchNorm2d,
         sampler=BalancedPositiveNegativeSampler,
+        transform=GeneralizedRCNNTransform,
+        anchor_generator=AnchorGenerator,
         log=log,
     )
-
-
-def kernels_for(name: str) -> Kernels:
-    """A fresh set of kernels (with its own log) for ``cfg.kernels``: ``"reference"`` or ``"fast"``."""
-    if name == "reference":
-        return reference_kernels()
-    if name == "fast":
-        # The one place the model reaches up to the fast floor, when it is built.
-        from ..fast.kernels import fast_kernels
-        return fast_kernels()
-    raise ValueError(f"kernels must be 'reference' or 'fast', got {name!r}")

@@ -12,9 +12,12 @@ Training returns the five losses ``loss_classifier, loss_box_reg, loss_mask, los
 loss_rpn_box_reg``; evaluation returns one dict per image with ``boxes (m, 4)``, ``labels (m,)``,
 ``scores (m,)`` and ``masks (m, 1, H, W)`` (soft, in [0, 1]; threshold at 0.5 for a binary mask).
 
-Module names follow torchvision, so ``build_model(config.r50_fpn(91))`` has exactly the 307 state-dict
-keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never downloads), loading it
-is one line (torchvision's builder and its keywords live in ``interop.py``)::
+``MaskRCNN`` only assembles the parts it is given, as torchvision's ``GeneralizedRCNN`` does;
+``mrcnn_lite.build_model(cfg)`` (``mrcnn_lite/build.py``) makes the parts from a config, with the kernels
+``cfg.kernels`` picks. Module names follow torchvision, so ``build_model(config.r50_fpn(91))`` has exactly
+the 307 state-dict keys of torchvision's COCO v1 checkpoint. If you downloaded it (this package never
+downloads), loading it is one line (torchvision's builder and its keywords live in
+``mrcnn_lite/torchvision_compat.py``)::
 
     model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
@@ -22,10 +25,7 @@ is one line (torchvision's builder and its keywords live in ``interop.py``)::
 (transformed images, features, anchors, proposals, sampled RoIs, logits, detections before
 post-processing, ...) for the notebooks: each stage fills it as it runs.
 
-The inputs are checked once, here at the entrance (``inputs.py``). The swappable kernels (RoIAlign,
-NMS, mask pasting, frozen batch norm, the sampler) come from ``cfg.kernels`` (``kernels.py``): the
-plain reference code or the fast floor, same numbers. Loading torchvision models and checkpoints:
-``interop.py``.
+The inputs are checked once, here at the entrance (``inputs.py``).
 """
 from __future__ import annotations
 
@@ -35,25 +35,27 @@ import torch
 from torch import Tensor, nn
 
 from .. import config as _config
-from ..ops import MultiScaleRoIAlign
-from .backbone import resnet_fpn_backbone
 from .frozen_bn import FrozenBatchNorm2d
-from .box_head import FastRCNNPredictor, TwoMLPHead
 from .inputs import check_inputs
-from .kernels import Kernels, kernels_for
-from .mask_head import MaskRCNNHeads, MaskRCNNPredictor
+from .kernels import Kernels
 from .roi_heads import RoIHeads
-from .rpn import build_rpn
+from .rpn import RegionProposalNetwork
 from .transform import GeneralizedRCNNTransform
 
 
 class MaskRCNN(nn.Module):
-    """Mask R-CNN built from a ``MaskRCNNConfig`` (see ``mrcnn_lite.config``).
+    """Mask R-CNN assembled from its four parts (torchvision's names): ``transform``, ``backbone``, ``rpn``,
+    ``roi_heads``. ``mrcnn_lite.build_model(cfg)`` makes them from a ``MaskRCNNConfig``.
 
-    Submodules (torchvision's names): ``transform``, ``backbone``, ``rpn``, ``roi_heads``.
-    ``kernels``: the implementations to build with (default ``kernels_for(cfg.kernels)``).
-    ``cfg.channels_last`` runs the backbone in NHWC memory layout (faster convolutions; same numbers up
-    to float rounding; state-dict keys unchanged).
+    Args:
+        transform: a ``GeneralizedRCNNTransform``.
+        backbone: ResNet + FPN (``backbone.resnet_fpn_backbone``), a module with ``out_channels``.
+        rpn: a ``RegionProposalNetwork``.
+        roi_heads: a ``RoIHeads``.
+        cfg: the ``MaskRCNNConfig`` the parts were built from (checkpoints record it, so that
+            ``load_checkpoint`` builds the same model again). ``cfg.channels_last``: feed the backbone NHWC
+            (its weights should then be channels-last too; ``build_model`` does both).
+        kernels: the ``Kernels`` set the parts were built with; ``kernels_used()`` reads its log.
 
     ``model(images, targets=None, return_intermediates=False)``:
         images:  list of B float ``(3, h_i, w_i)`` in [0, 1] (sizes may differ)
@@ -62,47 +64,15 @@ class MaskRCNN(nn.Module):
         With ``return_intermediates=True`` the result is ``(output, intermediates)``.
     """
 
-    def __init__(self, cfg: _config.MaskRCNNConfig, kernels: Optional[Kernels] = None):
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: RegionProposalNetwork,
+                 roi_heads: RoIHeads, cfg: _config.MaskRCNNConfig, kernels: Optional[Kernels] = None):
         super().__init__()
         self.cfg = cfg
-        k = kernels if kernels is not None else kernels_for(cfg.kernels)
-        self.kernels = k
-
-        self.transform = GeneralizedRCNNTransform(
-            cfg.min_size, cfg.max_size, cfg.image_mean, cfg.image_std, cfg.size_divisible,
-            paste_masks=k.paste_masks_in_image,
-        )
-        self.backbone = resnet_fpn_backbone(cfg, frozen_bn=k.frozen_bn)
-        if cfg.channels_last:
-            # Store the conv weights channels-last (NHWC) as well as feeding NHWC images: the conv
-            # kernels (oneDNN on CPU, cuDNN tensor cores on GPU) then skip layout conversions.
-            self.backbone.to(memory_format=torch.channels_last)
-        out_channels = self.backbone.out_channels
-        self.rpn = build_rpn(cfg, out_channels, k)
-
-        levels = ["0", "1", "2", "3"]  # the FPN levels the RoI heads pool from (not 'pool')
-        box_roi_pool = MultiScaleRoIAlign(levels, cfg.box_roi_output_size, cfg.box_roi_sampling_ratio,
-                                          roi_align=k.roi_align)
-        resolution = box_roi_pool.output_size[0]
-        box_head = TwoMLPHead(out_channels * resolution ** 2, cfg.box_representation_size)
-        box_predictor = FastRCNNPredictor(cfg.box_representation_size, cfg.num_classes)
-
-        mask_roi_pool = MultiScaleRoIAlign(levels, cfg.mask_roi_output_size, cfg.mask_roi_sampling_ratio,
-                                           roi_align=k.roi_align)
-        mask_head = MaskRCNNHeads(out_channels, cfg.mask_layers, cfg.mask_dilation)
-        dim_reduced = cfg.mask_dim_reduced if cfg.mask_dim_reduced is not None else cfg.mask_layers[-1]
-        mask_predictor = MaskRCNNPredictor(cfg.mask_layers[-1], dim_reduced, cfg.num_classes)
-
-        self.roi_heads = RoIHeads(
-            box_roi_pool, box_head, box_predictor,
-            cfg.box_fg_iou_thresh, cfg.box_bg_iou_thresh,
-            cfg.box_batch_size_per_image, cfg.box_positive_fraction, cfg.bbox_reg_weights,
-            cfg.box_score_thresh, cfg.box_nms_thresh, cfg.box_detections_per_img,
-            mask_roi_pool, mask_head, mask_predictor,
-            batched_nms=k.batched_nms, roi_align=k.roi_align,
-            mask_batch_size_per_image=cfg.mask_batch_size_per_image,
-        )
-        self.roi_heads.fg_bg_sampler = k.sampler(cfg.box_batch_size_per_image, cfg.box_positive_fraction)
+        self.kernels = kernels
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
 
     @property
     def num_classes(self) -> int:
@@ -114,10 +84,12 @@ class MaskRCNN(nn.Module):
     def kernels_used(self) -> Dict[str, str]:
         """Which implementation ran each swappable op: op -> implementation(s), comma-separated.
 
-        RoIAlign, NMS and mask pasting are recorded as they are called (an op not called yet is absent);
-        frozen batch norm and the sampler are the classes of the objects the model holds and calls.
+        RoIAlign, NMS and mask pasting are recorded as they are called (an op not called yet is absent;
+        nothing is recorded without a ``kernels`` set); frozen batch norm and the sampler are the classes
+        of the objects the model holds and calls.
         """
-        used = {op: ", ".join(sorted(impls)) for op, impls in sorted(self.kernels.log.calls.items())}
+        calls = self.kernels.log.calls if self.kernels is not None else {}
+        used = {op: ", ".join(sorted(impls)) for op, impls in sorted(calls.items())}
         frozen = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in self.modules()
                          if isinstance(m, FrozenBatchNorm2d)})
         used["frozen_bn"] = ", ".join(frozen) if frozen else "none (folded, or another norm layer)"
@@ -160,9 +132,3 @@ class MaskRCNN(nn.Module):
             inter["detections"] = [dict(d) for d in detections]
         detections = self.transform.postprocess(detections, image_list.image_sizes, original_image_sizes)
         return (detections, inter) if return_intermediates else detections
-
-
-def build_model(cfg: _config.MaskRCNNConfig) -> MaskRCNN:
-    """A Mask R-CNN from a config, e.g. ``build_model(config.tiny(num_classes=4))`` for the CPU lessons."""
-    return MaskRCNN(cfg)
-

@@ -15,9 +15,14 @@ The pieces, in the order the data flows through ``RegionProposalNetwork.forward`
 
     features --RPNHead--> objectness (B, sum A*H*W), pred_bbox_deltas (B, sum A*H*W, 4)
     anchors  --BoxCoder.decode(deltas)--> proposals (B, sum A*H*W, 4)
-    filter_proposals: top-n per level -> sigmoid -> clip -> remove small -> remove low score
-                      -> NMS per level -> top-n per image
-    training: assign_targets_to_anchors (Matcher) -> labels, regression_targets -> rpn_loss
+    filter_proposals: top-n per level (_get_top_n_idx) -> sigmoid -> clip -> remove small
+                      -> remove low score -> NMS per level -> top-n per image
+    training: assign_targets_to_anchors (Matcher) -> labels, regression_targets
+              -> compute_loss (fg_bg_sampler, then rpn_loss)
+
+The file follows that order. Every step is a method with torchvision's name, called through ``self``, so
+a subclass that overrides one (``filter_proposals``, ``_get_top_n_idx``, ``pre_nms_top_n``,
+``assign_targets_to_anchors``, ``compute_loss``, ...) changes what the RPN does.
 
 Semantics, argument names and defaults follow ``torchvision.models.detection.rpn`` so the two can be
 read side by side; the tests prove the same weights give the same proposals and losses. Target
@@ -26,7 +31,7 @@ clipping, filtering and NMS go image by image, since each image keeps a differen
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +40,6 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import BoxCoder, box_dtype
 from .anchors import AnchorGenerator
-from .kernels import Kernels, kernels_for
 from .matching import BalancedPositiveNegativeSampler, Matcher
 from .rpn_head import RPNHead, concat_box_prediction_layers
 from .transform import ImageList
@@ -43,40 +47,6 @@ from .transform import ImageList
 __all__ = ["RPNHead", "RegionProposalNetwork", "concat_box_prediction_layers", "rpn_loss", "build_rpn"]
 
 
-def rpn_loss(
-    objectness: Tensor,
-    pred_bbox_deltas: Tensor,
-    labels: Tensor,
-    regression_targets: Tensor,
-    sampled_pos_inds: Tensor,
-    sampled_neg_inds: Tensor,
-) -> Tuple[Tensor, Tensor]:
-    """The two RPN losses on a sample of anchors.
-
-    ``objectness (N,)`` logits, ``pred_bbox_deltas (N, 4)``, ``labels (N,)`` (1 / 0 / -1),
-    ``regression_targets (N, 4)``, and the sampled anchors as indices ``sampled_pos_inds (P,)``,
-    ``sampled_neg_inds (Q,)`` (all images of a batch concatenated). Returns ``(objectness_loss, box_loss)``:
-
-    * objectness: binary cross-entropy with logits, mean over the sampled anchors;
-    * box: smooth-L1 (beta = 1/9) summed over the sampled *positives*, divided by the number of
-      sampled anchors (positives + negatives) -- so the two losses share one normaliser.
-    """
-    sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds])
-    box_loss = F.smooth_l1_loss(
-        pred_bbox_deltas[sampled_pos_inds],
-        regression_targets[sampled_pos_inds],
-        beta=1 / 9,
-        reduction="sum",
-    ) / max(sampled_inds.numel(), 1)
-    objectness_loss = F.binary_cross_entropy_with_logits(
-        objectness[sampled_inds], labels.to(objectness.dtype)[sampled_inds]
-    )
-    return objectness_loss, box_loss
-
-
-# --------------------------------------------------------------------------------------------------
-# The RPN: anchors + head + proposal filtering + training targets and losses.
-# --------------------------------------------------------------------------------------------------
 def _top_n_dict(name: str, value: Union[int, Mapping[str, int]]) -> Dict[str, int]:
     """``{"training": n, "testing": m}`` from torchvision's dict, or from one int used in both modes."""
     if isinstance(value, int):
@@ -102,7 +72,9 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: IoU threshold of the NMS between proposals (0.7).
         score_thresh: drop proposals with objectness probability below this (0.0).
         nms_fn: ``batched_nms(boxes, scores, idxs, iou_threshold)`` to use; default the from-scratch
-            ``mrcnn_lite.ops.batched_nms``. The model passes the one its ``cfg.kernels`` picks.
+            ``mrcnn_lite.ops.batched_nms``. ``build_model`` passes the one its ``cfg.kernels`` picks.
+        sampler: the class of ``fg_bg_sampler``, built with ``batch_size_per_image`` and
+            ``positive_fraction``; default ``BalancedPositiveNegativeSampler``.
 
     ``forward(images, features, targets=None, intermediates=None)`` (torchvision's signature):
         images: an ``ImageList``: the padded batch ``(B, C, H, W)`` (its shape places the anchors) and
@@ -111,8 +83,11 @@ class RegionProposalNetwork(nn.Module):
         targets: in training, B dicts with ``"boxes" (n_i, 4)`` xyxy; ``n_i`` may be 0.
         Returns ``(proposals, losses)``: ``proposals`` a list of B ``(N_i, 4)`` boxes (detached, sorted by
         decreasing objectness), ``losses`` ``{"loss_objectness", "loss_rpn_box_reg"}`` in training and
-        ``{}`` in eval. ``intermediates``, a dict, receives ``anchors``, ``proposals`` and their
-        ``proposal_scores`` (objectness probabilities) for the notebooks.
+        ``{}`` in eval. ``intermediates``, a dict, receives for the notebooks: ``anchors``,
+        ``objectness_per_level`` (the head's logits ``(B, A, H_l, W_l)``), ``objectness`` (the same, flat
+        in the anchors' order, ``(B, N)``), ``num_anchors_per_level``, ``decoded_proposals`` (every anchor
+        moved by its deltas, ``(B, N, 4)``), ``pre_nms_top_n_idx`` (``(B, K)`` indices into N: the
+        per-level top-n), ``proposals`` and ``proposal_scores`` (probabilities).
     """
 
     def __init__(
@@ -128,6 +103,7 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float,
         score_thresh: float = 0.0,
         nms_fn: Optional[Callable[[Tensor, Tensor, Tensor, float], Tensor]] = None,
+        sampler: Type[BalancedPositiveNegativeSampler] = BalancedPositiveNegativeSampler,
     ):
         super().__init__()
         self.anchor_generator = anchor_generator
@@ -136,7 +112,7 @@ class RegionProposalNetwork(nn.Module):
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.box_similarity = ops.box_iou
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
-        self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.fg_bg_sampler = sampler(batch_size_per_image, positive_fraction)
         self._pre_nms_top_n = _top_n_dict("pre_nms_top_n", pre_nms_top_n)
         self._post_nms_top_n = _top_n_dict("post_nms_top_n", post_nms_top_n)
         self.nms_thresh = nms_thresh
@@ -149,6 +125,59 @@ class RegionProposalNetwork(nn.Module):
 
     def post_nms_top_n(self) -> int:
         return self._post_nms_top_n["training" if self.training else "testing"]
+
+    # ---- proposals --------------------------------------------------------------------------------
+    def _get_top_n_idx(self, objectness: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:
+        """Indices ``(B, K)`` of the ``pre_nms_top_n`` highest logits of each level (levels concatenated)."""
+        top_n_idx, offset = [], 0
+        for ob in objectness.split(list(num_anchors_per_level), dim=1):
+            k = min(self.pre_nms_top_n(), ob.shape[1])
+            top_n_idx.append(ob.topk(k, dim=1).indices + offset)
+            offset += ob.shape[1]
+        return torch.cat(top_n_idx, dim=1)
+
+    def filter_proposals(
+        self,
+        proposals: Tensor,
+        objectness: Tensor,
+        image_sizes: Sequence[Tuple[int, int]],
+        num_anchors_per_level: Sequence[int],
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """From all decoded anchors to the final proposals of each image.
+
+        ``proposals (B, N, 4)`` decoded boxes, ``objectness (B, N)`` logits. Returns B boxes ``(N_i, 4)``
+        and B scores ``(N_i,)`` (probabilities), sorted by decreasing score.
+        """
+        B = proposals.shape[0]
+        device = proposals.device
+        objectness = objectness.detach().reshape(B, -1)  # no gradient flows through the selection
+        levels = torch.cat([
+            torch.full((n,), lvl, dtype=torch.int64, device=device) for lvl, n in enumerate(num_anchors_per_level)
+        ])
+
+        # 1. top-n per level, on the logits (sigmoid is monotonic, so the order is the same).
+        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)     # (B, K)
+        batch_idx = torch.arange(B, device=device)[:, None]
+        objectness = objectness[batch_idx, top_n_idx]
+        proposals = proposals[batch_idx, top_n_idx]                            # (B, K, 4)
+        levels = levels[top_n_idx]                                             # (B, K)
+        scores = torch.sigmoid(objectness)
+
+        final_boxes, final_scores = [], []
+        for i, image_size in enumerate(image_sizes):
+            # 2. clip to the image's own (unpadded) size.
+            boxes_i = ops.clip_boxes_to_image(proposals[i], image_size)
+
+            # 3. drop near-empty boxes (the test of ops.remove_small_boxes) and 4. low scores (">=", as torchvision);
+            # both conditions are listed with one torch.where (one host read on a GPU).
+            keep = torch.where(ops.large_box_mask(boxes_i, self.min_size) & (scores[i] >= self.score_thresh))[0]
+            boxes_i, scores_i, lvl_i = boxes_i[keep], scores[i][keep], levels[i][keep]
+
+            # 5. NMS, independently per level; 6. the best post_nms_top_n.
+            kept = self.nms_fn(boxes_i, scores_i, lvl_i, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes_i[kept])
+            final_scores.append(scores_i[kept])
+        return final_boxes, final_scores
 
     # ---- training targets ------------------------------------------------------------------------
     def assign_targets_to_anchors(
@@ -207,61 +236,6 @@ class RegionProposalNetwork(nn.Module):
             torch.cat([n + o for n, o in zip(neg_inds, offsets)]),
         )
 
-    # ---- proposals --------------------------------------------------------------------------------
-    def _get_top_n_idx(self, objectness: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:
-        """Indices ``(B, K)`` of the ``pre_nms_top_n`` highest logits of each level (levels concatenated)."""
-        top_n_idx, offset = [], 0
-        for ob in objectness.split(list(num_anchors_per_level), dim=1):
-            k = min(self.pre_nms_top_n(), ob.shape[1])
-            top_n_idx.append(ob.topk(k, dim=1).indices + offset)
-            offset += ob.shape[1]
-        return torch.cat(top_n_idx, dim=1)
-
-    def filter_proposals(
-        self,
-        proposals: Tensor,
-        objectness: Tensor,
-        image_sizes: Sequence[Tuple[int, int]],
-        num_anchors_per_level: Sequence[int],
-    ) -> Tuple[List[Tensor], List[Tensor]]:
-        """From all decoded anchors to the final proposals of each image.
-
-        ``proposals (B, N, 4)`` decoded boxes, ``objectness (B, N)`` logits. Returns B boxes ``(N_i, 4)``
-        and B scores ``(N_i,)`` (probabilities), sorted by decreasing score.
-        """
-        B = proposals.shape[0]
-        device = proposals.device
-        objectness = objectness.detach().reshape(B, -1)  # no gradient flows through the selection
-        levels = torch.cat([
-            torch.full((n,), lvl, dtype=torch.int64, device=device) for lvl, n in enumerate(num_anchors_per_level)
-        ])
-
-        # 1. top-n per level, on the logits (sigmoid is monotonic, so the order is the same).
-        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)     # (B, K)
-        batch_idx = torch.arange(B, device=device)[:, None]
-        objectness = objectness[batch_idx, top_n_idx]
-        proposals = proposals[batch_idx, top_n_idx]                            # (B, K, 4)
-        levels = levels[top_n_idx]                                             # (B, K)
-        scores = torch.sigmoid(objectness)
-
-        final_boxes, final_scores = [], []
-        for i, image_size in enumerate(image_sizes):
-            # 2. clip to the image's own (unpadded) size.
-            boxes_i = ops.clip_boxes_to_image(proposals[i], image_size)
-
-            # 3. drop near-empty boxes and low scores (">=" like torchvision), all with one index list.
-            widths = boxes_i[:, 2] - boxes_i[:, 0]
-            heights = boxes_i[:, 3] - boxes_i[:, 1]
-            keep = torch.where((widths >= self.min_size) & (heights >= self.min_size)
-                               & (scores[i] >= self.score_thresh))[0]
-            boxes_i, scores_i, lvl_i = boxes_i[keep], scores[i][keep], levels[i][keep]
-
-            # 4. NMS, independently per level; 5. the best post_nms_top_n.
-            kept = self.nms_fn(boxes_i, scores_i, lvl_i, self.nms_thresh)[: self.post_nms_top_n()]
-            final_boxes.append(boxes_i[kept])
-            final_scores.append(scores_i[kept])
-        return final_boxes, final_scores
-
     # ---- forward ----------------------------------------------------------------------------------
     def forward(
         self,
@@ -271,10 +245,10 @@ class RegionProposalNetwork(nn.Module):
         intermediates: Optional[Dict[str, Any]] = None,
     ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
         features = list(features.values())
-        objectness, pred_bbox_deltas = self.head(features)
+        objectness_per_level, pred_bbox_deltas = self.head(features)
         anchors = self.anchor_generator(images, features)                      # B x (N, 4)
-        num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
-        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        num_anchors_per_level = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness_per_level]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness_per_level, pred_bbox_deltas)
         # Under autocast the head's convs return float16/bfloat16. Decoding, clipping, NMS and the losses
         # run in float32 (ops.box_dtype); for a float32 or float64 model this is a no-op.
         objectness = objectness.to(box_dtype(objectness.dtype))
@@ -288,7 +262,12 @@ class RegionProposalNetwork(nn.Module):
         ).view(B, N, 4)
         boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
         if intermediates is not None:
-            intermediates.update(anchors=anchors, proposals=boxes, proposal_scores=scores)
+            intermediates.update(
+                anchors=anchors, objectness_per_level=objectness_per_level, objectness=objectness,
+                num_anchors_per_level=num_anchors_per_level, decoded_proposals=proposals,
+                proposals=boxes, proposal_scores=scores,
+                pre_nms_top_n_idx=self._get_top_n_idx(objectness.detach(), num_anchors_per_level),
+            )
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -303,17 +282,53 @@ class RegionProposalNetwork(nn.Module):
         return boxes, losses
 
 
-def build_rpn(cfg, in_channels: int, kernels: Optional[Kernels] = None) -> RegionProposalNetwork:
-    """The RPN described by a ``MaskRCNNConfig``: anchor sizes/ratios, every ``rpn_*`` field, and the NMS and
-    sampler of ``cfg.kernels`` (or of ``kernels``, the set the model was built with).
+def rpn_loss(
+    objectness: Tensor,
+    pred_bbox_deltas: Tensor,
+    labels: Tensor,
+    regression_targets: Tensor,
+    sampled_pos_inds: Tensor,
+    sampled_neg_inds: Tensor,
+) -> Tuple[Tensor, Tensor]:
+    """The two RPN losses on a sample of anchors.
 
-    ``in_channels``: the FPN's output channels.
+    ``objectness (N,)`` logits, ``pred_bbox_deltas (N, 4)``, ``labels (N,)`` (1 / 0 / -1),
+    ``regression_targets (N, 4)``, and the sampled anchors as indices ``sampled_pos_inds (P,)``,
+    ``sampled_neg_inds (Q,)`` (all images of a batch concatenated). Returns ``(objectness_loss, box_loss)``:
+
+    * objectness: binary cross-entropy with logits, mean over the sampled anchors;
+    * box: smooth-L1 (beta = 1/9) summed over the sampled *positives*, divided by the number of
+      sampled anchors (positives + negatives) -- so the two losses share one normaliser.
     """
-    k = kernels if kernels is not None else kernels_for(cfg.kernels)
-    anchor_generator = AnchorGenerator(cfg.anchor_sizes, (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
-    head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
-    rpn = RegionProposalNetwork(
-        anchor_generator,
+    sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds])
+    box_loss = F.smooth_l1_loss(
+        pred_bbox_deltas[sampled_pos_inds],
+        regression_targets[sampled_pos_inds],
+        beta=1 / 9,
+        reduction="sum",
+    ) / max(sampled_inds.numel(), 1)
+    objectness_loss = F.binary_cross_entropy_with_logits(
+        objectness[sampled_inds], labels.to(objectness.dtype)[sampled_inds]
+    )
+    return objectness_loss, box_loss
+
+
+def build_rpn(
+    cfg,
+    in_channels: int,
+    nms_fn: Callable[[Tensor, Tensor, Tensor, float], Tensor] = ops.batched_nms,
+    sampler: Type[BalancedPositiveNegativeSampler] = BalancedPositiveNegativeSampler,
+    anchor_generator: Type[AnchorGenerator] = AnchorGenerator,
+) -> RegionProposalNetwork:
+    """The RPN described by a ``MaskRCNNConfig``: anchor sizes/ratios and every ``rpn_*`` field.
+
+    ``in_channels``: the FPN's output channels. ``nms_fn``, ``sampler``, ``anchor_generator``: the pieces
+    to build with (default the reference floor's; ``mrcnn_lite.build_model`` passes those ``cfg.kernels`` picks).
+    """
+    generator = anchor_generator(cfg.anchor_sizes, (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+    head = RPNHead(in_channels, generator.num_anchors_per_location()[0])
+    return RegionProposalNetwork(
+        generator,
         head,
         fg_iou_thresh=cfg.rpn_fg_iou_thresh,
         bg_iou_thresh=cfg.rpn_bg_iou_thresh,
@@ -323,7 +338,6 @@ def build_rpn(cfg, in_channels: int, kernels: Optional[Kernels] = None) -> Regio
         post_nms_top_n=dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
         nms_thresh=cfg.rpn_nms_thresh,
         score_thresh=cfg.rpn_score_thresh,
-        nms_fn=k.batched_nms,
+        nms_fn=nms_fn,
+        sampler=sampler,
     )
-    rpn.fg_bg_sampler = k.sampler(cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction)
-    return rpn

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-
 class ImageList:
     """A padded batch and the size of each image in it before padding.
 
@@ -149,7 +148,6 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_std = list(image_std)
         self.size_divisible = size_divisible
         self.paste_masks = paste_masks
-        self._mean_std_cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
 
     def forward(
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
@@ -175,13 +173,8 @@ class GeneralizedRCNNTransform(nn.Module):
 
     def normalize(self, image: Tensor) -> Tensor:
         """``(image - mean) / std`` per channel; ``image (3, h, w)`` float."""
-        # Made once per (values, dtype, device): a tensor built from a Python list on a GPU is a
-        # host-to-device copy, which waits for the GPU.
-        key = (tuple(self.image_mean), tuple(self.image_std), image.dtype, image.device)
-        if key not in self._mean_std_cache:
-            self._mean_std_cache[key] = (torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device),
-                                         torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device))
-        mean, std = self._mean_std_cache[key]
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
         return (image - mean[:, None, None]) / std[:, None, None]
 
     def torch_choice(self, k: Sequence[int]) -> int:

@@ -124,12 +124,20 @@ def clip_boxes_to_image(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """Indices ``(K,)`` of the boxes whose width and height are both ``>= min_size``."""
+def large_box_mask(boxes: Tensor, min_size: float) -> Tensor:
+    """``(N,)`` bool: which of ``boxes (N, 4) xyxy`` have width and height both ``>= min_size``.
+
+    The mask form of ``remove_small_boxes``, for callers that combine it with another condition (a score
+    threshold) and then list the survivors once.
+    """
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
-    keep = (ws >= min_size) & (hs >= min_size)
-    return torch.where(keep)[0]
+    return (ws >= min_size) & (hs >= min_size)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices ``(K,)`` of the boxes whose width and height are both ``>= min_size``."""
+    return torch.where(large_box_mask(boxes, min_size))[0]
 
 
 class BoxCoder:

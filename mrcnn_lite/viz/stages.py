@@ -7,9 +7,8 @@ Like matterport's ``inspect_model`` notebook, but one function on one image thro
     draw_stage_walk(walk, image)                 # one picture per stage
     draw_objectness(walk)                        # the RPN's objectness, one heat map per FPN level
 
-Every number comes from the model's own modules (``model.transform``, ``model.backbone``, ``model.rpn``,
-``model.roi_heads``) called in the order ``MaskRCNN.forward`` calls them, so the walk ends with exactly the
-model's output. Boxes in ``walk`` are in the *resized* image's pixels (the model's inside); ``scale`` maps
+Every number comes from one call of the model itself, ``model(images, return_intermediates=True)``, which
+keeps what each stage produced, so the walk ends with exactly the model's output. Boxes in ``walk`` are in the *resized* image's pixels (the model's inside); ``scale`` maps
 them back to the input image (``box * scale``), which is what the drawings do.
 """
 from __future__ import annotations
@@ -21,8 +20,6 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from ..model.box_head import select_training_samples
-from ..model.rpn import concat_box_prediction_layers
 from .draw import draw_instances
 
 STAGES = ("anchors", "top-scored (pre-NMS)", "proposals (after NMS)", "RoIs scored by the box head",
@@ -55,61 +52,46 @@ def stage_walk(model, image: torch.Tensor, target: Optional[Dict[str, torch.Tens
         ``scale``: ``(4,)`` factors from resized-image to input-image pixels.
     """
     model.eval()
-    rpn, heads = model.rpn, model.roi_heads
+    heads = model.roi_heads
     H, W = int(image.shape[-2]), int(image.shape[-1])
-    image_list, targets = model.transform([image], [dict(target)] if target is not None else None)
-    batch = image_list.tensors
-    # The model's own memory layout (a config field, or an attribute in older versions): same numbers.
-    if getattr(model.cfg, "channels_last", getattr(model, "channels_last", False)):
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    features = model.backbone(batch)
-    feature_list = list(features.values())
-    image_sizes = image_list.image_sizes
-    h, w = image_sizes[0]
+    targets = [dict(target)] if target is not None else None
+    (output,), inter = model([image], targets, return_intermediates=True)
+    h, w = inter["image_sizes"][0]
 
-    # ---- RPN, as RegionProposalNetwork.forward does it
-    objectness_l, deltas_l = rpn.head(feature_list)
-    anchors = rpn.anchor_generator(image_list.tensors, feature_list)[0]           # (N, 4)
-    anchors_per_level = [int(o[0].numel()) for o in objectness_l]
-    objectness, deltas = concat_box_prediction_layers(objectness_l, deltas_l)     # (1, N), (1, N, 4)
-    objectness, deltas = objectness.float(), deltas.float()
-    decoded = rpn.box_coder.decode_single(deltas[0], anchors).view(1, -1, 4)     # (1, N, 4)
-    top = objectness[0].topk(min(top_k, objectness.shape[1])).indices
-    pre_idx = []
-    offset = 0
-    for n in anchors_per_level:  # the per-level top-n the RPN keeps before NMS
-        pre_idx.append(objectness[0, offset:offset + n].topk(min(rpn.pre_nms_top_n(), n)).indices + offset)
-        offset += n
-    pre_idx = torch.cat(pre_idx)
-    proposals, proposal_scores = rpn.filter_proposals(decoded, objectness, image_sizes, anchors_per_level)
+    # ---- the RPN's steps, as RegionProposalNetwork.forward recorded them (image 0 of the batch)
+    anchors = inter["anchors"][0]                                                 # (N, 4)
+    objectness = inter["objectness"][0]                                           # (N,) logits
+    decoded = inter["decoded_proposals"][0]                                       # (N, 4)
+    top = objectness.topk(min(top_k, objectness.numel())).indices
+    pre_idx = inter["pre_nms_top_n_idx"][0]                                       # the per-level top-n
+    proposals, proposal_scores = inter["proposals"][0], inter["proposal_scores"][0]
 
-    # ---- RoI heads, as RoIHeads.forward does it at test time (and the training sample, for the picture)
+    # ---- the RoI heads: what they scored at test time, and (with a target) what a training step would sample
     sampled_rois = sampled_labels = None
     if targets is not None:
-        rois, _, labels, _ = select_training_samples(
-            [p.clone() for p in proposals], [targets[0]["boxes"]], [targets[0]["labels"]],
-            heads.proposal_matcher, heads.fg_bg_sampler, heads.box_coder)
+        t = dict(inter["targets"][0])
+        # the sample does not look at the masks; zeros stand in when the target has none
+        t.setdefault("masks", torch.zeros((len(t["boxes"]), h, w), dtype=torch.uint8, device=anchors.device))
+        rois, _, labels, _ = heads.select_training_samples([proposals.clone()], [t])
         sampled_rois, sampled_labels = rois[0], labels[0]
-    inner: Dict[str, Any] = {}
-    detections, _ = heads(features, proposals, image_sizes, None, inner)
-    class_scores = torch.softmax(inner["class_logits"].float(), -1)
+    class_scores = torch.softmax(inter["class_logits"].float(), -1)
     candidates = int((class_scores[:, 1:] > heads.score_thresh).sum())
-    det = {k: v.clone() for k, v in detections[0].items()}
-    output = model.transform.postprocess([dict(d) for d in detections], image_sizes, [(H, W)])[0]
+    det = {k: v.clone() for k, v in inter["detections"][0].items()}
+    objectness_per_level = inter["objectness_per_level"]
 
-    counts = dict(zip(STAGES, (len(anchors), len(pre_idx), len(proposals[0]), len(proposals[0]), candidates,
+    counts = dict(zip(STAGES, (len(anchors), len(pre_idx), len(proposals), len(proposals), candidates,
                                len(det["boxes"]), len(det.get("masks", ())))))
     return {
         "counts": counts,
-        "levels": list(features),
-        "anchors_per_level": anchors_per_level,
-        "num_anchors_per_location": int(objectness_l[0].shape[1]),
-        "objectness": [torch.sigmoid(o[0].float()) for o in objectness_l],
-        "strides": [h_pad / o.shape[-2] for h_pad, o in ((batch.shape[-2], o) for o in objectness_l)],
+        "levels": list(inter["features"]),
+        "anchors_per_level": list(inter["num_anchors_per_level"]),
+        "num_anchors_per_location": int(objectness_per_level[0].shape[1]),
+        "objectness": [torch.sigmoid(o[0].float()) for o in objectness_per_level],
+        "strides": [inter["images"].shape[-2] / o.shape[-2] for o in objectness_per_level],
         "anchors": anchors,
-        "top_anchors": anchors[top], "top_decoded": decoded[0, top], "top_scores": torch.sigmoid(objectness[0, top]),
-        "pre_nms_boxes": decoded[0, pre_idx], "pre_nms_scores": torch.sigmoid(objectness[0, pre_idx]),
-        "proposals": proposals[0], "proposal_scores": proposal_scores[0],
+        "top_anchors": anchors[top], "top_decoded": decoded[top], "top_scores": torch.sigmoid(objectness[top]),
+        "pre_nms_boxes": decoded[pre_idx], "pre_nms_scores": torch.sigmoid(objectness[pre_idx]),
+        "proposals": proposals, "proposal_scores": proposal_scores,
         "sampled_rois": sampled_rois, "sampled_labels": sampled_labels,
         "class_scores": class_scores, "candidates": candidates,
         "detections": det, "output": output,
@@ -120,27 +102,16 @@ def stage_walk(model, image: torch.Tensor, target: Optional[Dict[str, torch.Tens
 
 @torch.no_grad()
 def rpn_proposals(model, images: Sequence[torch.Tensor]):
-    """The RPN's anchors and final proposals for a list of images, without running the RoI heads.
+    """The RPN's anchors and final proposals for a list of images.
 
     ``images``: B ``(3, H, W)`` in [0, 1]. Returns ``(anchors, proposals)``: two lists of B ``(N_i, 4)``
     boxes x1y1x2y2 in each *input* image's pixels (the model works on resized images; we scale back).
+    Read from the model's own intermediates (``return_intermediates=True``; the whole model runs).
     """
     model.eval()
-    image_list, _ = model.transform(list(images))
-    batch = image_list.tensors
-    if getattr(model.cfg, "channels_last", getattr(model, "channels_last", False)):
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    feature_list = list(model.backbone(batch).values())
-    rpn = model.rpn
-    objectness_l, deltas_l = rpn.head(feature_list)
-    anchors = rpn.anchor_generator(image_list.tensors, feature_list)
-    objectness, deltas = concat_box_prediction_layers(objectness_l, deltas_l)
-    B, N = objectness.shape
-    decoded = rpn.box_coder.decode_single(deltas.float().reshape(-1, 4), torch.cat(anchors)).view(B, N, 4)
-    proposals, _ = rpn.filter_proposals(decoded, objectness.float(), image_list.image_sizes,
-                                        [int(o[0].numel()) for o in objectness_l])
+    _, inter = model(list(images), return_intermediates=True)
     out_a, out_p = [], []
-    for img, (h, w), a, p in zip(images, image_list.image_sizes, anchors, proposals):
+    for img, (h, w), a, p in zip(images, inter["image_sizes"], inter["anchors"], inter["proposals"]):
         scale = torch.tensor([img.shape[-1] / w, img.shape[-2] / h] * 2)
         out_a.append(a * scale)
         out_p.append(p * scale)

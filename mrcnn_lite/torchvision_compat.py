@@ -1,5 +1,6 @@
-"""torchvision interop: torchvision's builder, an mrcnn_lite model from a torchvision ``MaskRCNN``, and
-torchvision's checkpoints.
+"""torchvision compatibility, kept out of the paper's rooms: torchvision's builder, an mrcnn_lite model from a
+torchvision ``MaskRCNN``, torchvision's checkpoints, and the constructor arguments of torchvision's
+``RoIHeads`` that mrcnn_lite does not build (the keypoint branch).
 
     model = ml.maskrcnn_resnet50_fpn(weights=None, num_classes=2)   # torchvision's builder and keywords
     model = ml.maskrcnn_resnet50_fpn(weights="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
@@ -9,6 +10,7 @@ torchvision's checkpoints.
 
 Module and parameter names are torchvision's throughout the model, so the state dicts map one to one.
 Nothing here downloads: torchvision's weights enums are read from the torch hub cache if they are there.
+Every model is made by ``mrcnn_lite.build_model``.
 """
 from __future__ import annotations
 
@@ -20,8 +22,30 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from .. import config as _config
-from .mask_rcnn import MaskRCNN, build_model
+from . import config as _config
+from .build import build_model
+from .model.mask_rcnn import MaskRCNN
+from .model.roi_heads import RoIHeads as _RoIHeads
+
+
+class RoIHeads(_RoIHeads):
+    """``mrcnn_lite.model.roi_heads.RoIHeads`` with the whole constructor of torchvision's ``RoIHeads``:
+    its keypoint arguments (Keypoint R-CNN) come after the mask branch's, and must stay None."""
+
+    def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
+                 positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
+                 mask_roi_pool=None, mask_head=None, mask_predictor=None, keypoint_roi_pool=None,
+                 keypoint_head=None, keypoint_predictor=None, **kernels):
+        if keypoint_roi_pool is not None or keypoint_head is not None or keypoint_predictor is not None:
+            raise ValueError("RoIHeads: keypoint_roi_pool, keypoint_head and keypoint_predictor must be None "
+                             "(mrcnn_lite builds Mask R-CNN, not Keypoint R-CNN)")
+        super().__init__(box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
+                         positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
+                         mask_roi_pool, mask_head, mask_predictor, **kernels)
+        self.keypoint_roi_pool = self.keypoint_head = self.keypoint_predictor = None
+
+    def has_keypoint(self) -> bool:
+        return False  # no keypoint branch (see the constructor)
 
 
 def config_from_torchvision(tv_model: nn.Module, kernels: str = "fast") -> _config.MaskRCNNConfig:
