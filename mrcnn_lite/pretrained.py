@@ -25,8 +25,11 @@ import torch
 
 from .engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
-# The repository's copy (``data/`` sits beside the package folder in a clone / editable install).
-COURSE_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "tiny_shapes.pt"
+# The repository's copy (``data/`` sits beside the package folder in a clone or an editable install); an
+# installed wheel carries its own copy inside the package (setup.py puts it there).
+REPOSITORY_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "tiny_shapes.pt"
+PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_shapes.pt"
+COURSE_CHECKPOINT = REPOSITORY_CHECKPOINT if REPOSITORY_CHECKPOINT.is_file() else PACKAGED_CHECKPOINT
 # Marks a file written by ``export_checkpoint`` (a training checkpoint has no "format" key).
 FORMAT = "mrcnn_lite inference checkpoint v1"
 

@@ -234,7 +234,7 @@ def test_train_errors_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_torchvision_weights_with_another_class_count_reinitialise_the_predictors(tmp_path):
-    from mrcnn_lite.model.interop import load_torchvision_weights
+    from mrcnn_lite.torchvision_compat import load_torchvision_weights
 
     small = dict(min_size=64, max_size=64)
     coco = ml.maskrcnn_resnet50_fpn(num_classes=91, **small)

@@ -1,4 +1,5 @@
 """The install files agree with each other and the package imports cleanly."""
+import ast
 import re
 import subprocess
 import sys
@@ -72,26 +73,73 @@ def test_ops_work_without_torchvision():
         assert "torchvision" not in re.sub(r'""".*?"""|#.*', "", f.read_text(), flags=re.S), f"{f.name} mentions torchvision in code"
 
 
-def test_import_directions():
-    """ops imports nothing of mrcnn_lite; model imports only ops, config and itself (and the fast floor
-    in one place, model/kernels.py, when a model is built with kernels="fast"); the stage modules never
-    import the fast floor, the tools or the course."""
-    pattern = re.compile(r"^\s*from \.+(\w*)|^\s*import mrcnn_lite\.(\w+)|^\s*from mrcnn_lite\.(\w+)", re.M)
-
-    def imported(path):
-        found = set()
-        for m in pattern.finditer(path.read_text()):
-            found.add(next(g for g in m.groups() if g is not None) or "")
-        return found
-
+def room_imports():
+    """The package's import graph between rooms: room -> rooms it imports. A room is a sub-package or a
+    top-level module of ``mrcnn_lite`` (``model``, ``fast``, ``build``, ...); imports inside a room and of the
+    package root are left out. Read from the code with ``ast``, lazy imports inside functions included."""
     pkg = ROOT / "mrcnn_lite"
-    for f in (pkg / "ops").glob("*.py"):
-        assert imported(f) <= {"", "boxes", "nms", "roi_ops", "poolers"}, f.name
-    stages = {"", "anchors", "backbone", "box_head", "fpn", "frozen_bn", "inputs", "interop", "kernels", "mask_head",
-              "mask_rcnn", "matching", "roi_heads", "rpn", "rpn_head", "transform", "ops", "config"}
-    for f in (pkg / "model").glob("*.py"):
-        allowed = stages | ({"fast"} if f.name == "kernels.py" else set())
-        assert imported(f) <= allowed, (f.name, imported(f) - allowed)
+    modules = {}
+    for f in pkg.rglob("*.py"):
+        rel = f.relative_to(ROOT).with_suffix("")
+        modules[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = f
+
+    def room(module):
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    graph = {}
+    for name, f in modules.items():
+        base = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                parent = base[: len(base) - node.level + 1] if node.level else []
+                module = ".".join(parent + ([node.module] if node.module else []))
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.startswith("mrcnn_lite") and room(target) not in ("", room(name)):
+                    graph.setdefault(room(name), set()).add(room(target))
+    return graph
+
+
+def test_import_directions():
+    """ops imports nothing of mrcnn_lite; model imports only ops and config (never the fast floor, the
+    builder, the engine, the experiments, the course or the CLI); and no two rooms import each other,
+    directly or round a longer circle."""
+    graph = room_imports()
+    assert "ops" not in graph, graph.get("ops")
+    assert graph["model"] <= {"ops", "config"}, graph["model"]
+    assert graph["fast"] <= {"ops", "model", "config"}, graph["fast"]
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    circles = sorted(r for r in graph if r in reachable(r))
+    assert not circles, f"rooms on an import circle: {circles}"
+
+
+def test_the_import_test_sees_a_circle(monkeypatch):
+    """The graph above is read from the code: a lazy import of the fast floor inside model/ shows up."""
+    real = Path.read_text
+
+    def with_a_lazy_import(path, *args, **kwargs):
+        text = real(path, *args, **kwargs)
+        if path.name == "kernels.py" and path.parent.name == "model":
+            text += "\n\ndef _lazy():\n    from ..fast.kernels import fast_kernels\n"
+        return text
+
+    monkeypatch.setattr(Path, "read_text", with_a_lazy_import)
+    graph = room_imports()
+    assert "fast" in graph["model"] and "model" in graph["fast"]
 
 
 def test_the_command_line_is_the_top_floor_and_recipes_are_data():

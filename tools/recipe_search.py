@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mrcnn_lite import build_model
+from mrcnn_lite.build import build_model
 from mrcnn_lite import config as C
 from mrcnn_lite.recipes import V1_MODEL, V1_RECIPE
 from mrcnn_lite.data import CLASSES, ShapesDataset

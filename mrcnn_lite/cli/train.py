@@ -100,12 +100,12 @@ def add_train_parser(subparsers) -> None:
 def cmd_train(args) -> int:
     import torch
 
-    from .. import build_model
+    from ..build import build_model
     from .. import config as C
     from ..data import CLASSES, Compose, RandomHorizontalFlip, ShapesDataset
     from ..engine import NonFiniteLossError, TrainConfig, Trainer
     from ..engine.coco_eval import evaluate
-    from ..model.interop import load_torchvision_weights
+    from ..torchvision_compat import load_torchvision_weights
 
     use_agg()
     check_out_dir(args.out)  # before any data is made or read: a bad --out must not cost a run

@@ -114,7 +114,7 @@ def load_checkpoint(path, map_location="cpu"):
     Raises FileNotFoundError (no file), ValueError (corrupt file, or no model weights / config in it).
     """
     from ..config import MaskRCNNConfig
-    from ..model.mask_rcnn import build_model
+    from ..build import build_model
 
     state = read_checkpoint(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state:

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .. import build_model
+from ..build import build_model
 from .. import config as C
 from ..data import CLASSES, ShapesDataset
 from ..engine.checkpoint import atomic_write_text
