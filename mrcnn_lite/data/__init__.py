@@ -2,7 +2,8 @@
 
 Modules: ``item`` (the item every dataset returns), ``shapes`` (ShapesDataset), ``coco`` (reading a COCO
 file, every record checked), ``segmentation`` (masks <-> RLE and polygons), ``coco_export`` (writing
-COCO), ``images`` (reading image files), ``penn_fudan``, ``transforms`` (paired transforms, collate).
+COCO), ``images`` (reading image files), ``penn_fudan`` (the Penn-Fudan folder and its download), ``real``
+(the DSB 2018 nucleus tiles shipped in data/), ``transforms`` (paired transforms, collate).
 
 Every dataset here returns ``(image, target)``:
     image: (3, H, W) float32 RGB in [0, 1]
@@ -18,13 +19,14 @@ from .coco import CocoInstances
 from .coco_export import export_coco
 from .images import ImageReadError, read_rgb
 from .item import detection_item, image_to_tensor, masks_to_boxes
-from .penn_fudan import PennFudan
+from .penn_fudan import DownloadError, PennFudan, download_penn_fudan
+from .real import nuclei
 from .segmentation import check_segmentation, mask_to_polygons, mask_to_rle, segmentation_to_mask
 from .shapes import CLASSES, ShapesDataset
 from .transforms import Compose, RandomHorizontalFlip, collate_fn, hflip
 
 __all__ = [
-    "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "export_coco", "mask_to_rle",
+    "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "download_penn_fudan", "DownloadError", "nuclei", "export_coco", "mask_to_rle",
     "mask_to_polygons", "masks_to_boxes", "check_segmentation", "segmentation_to_mask", "read_rgb",
     "ImageReadError", "image_to_tensor", "detection_item", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
 ]
