@@ -39,6 +39,7 @@ from .assignments import strip_solutions
 from .items import GradedItem, course_notebooks_dir, items_of
 
 MAX_RESTARTS = 4
+STARTUP_S = 180   # seconds the answers' process may take to start, whatever the step timeout
 
 
 def declared_exercises(nb: "nbformat.NotebookNode") -> List[Dict[str, Any]]:
@@ -141,7 +142,8 @@ def _run_answers(job_dir: Path, steps, skip, done, timeout: float, memory_bytes:
             now = progress.read_text() if progress.exists() else current
             if now != current:
                 current, since = now, time.monotonic()
-            if time.monotonic() - since > timeout:
+            # Starting (importing torch and the checkers) is not the learner's time: a limit of its own.
+            if time.monotonic() - since > (timeout if current.isdigit() else max(timeout, STARTUP_S)):
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -150,7 +152,8 @@ def _run_answers(job_dir: Path, steps, skip, done, timeout: float, memory_bytes:
     if not timed_out and proc.returncode == 0 and stopped == "end":
         return None, ""
     step = int(stopped) if stopped.isdigit() else None
-    why = f"ran over the {timeout:g}-s limit" if timed_out else _describe_exit(proc.returncode)
+    why = (f"ran over the {timeout if step is not None else max(timeout, STARTUP_S):g}-s limit" if timed_out
+           else _describe_exit(proc.returncode))
     if step is None:
         tail = (job_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         why += f" before any step ({_one_line(tail[0], 120)})"
@@ -206,6 +209,8 @@ def grade_notebook(path: Path, timeout: int = 300, kernel_name: str = "python3",
 
     steps, notes = build_steps(course_nb, submission, items)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MPLBACKEND="Agg")
+    package_root = str(Path(__file__).resolve().parents[2])   # the answers' process imports this mrcnn_lite
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     outcomes: Dict[int, Any] = {}
     lost: Dict[int, str] = {}   # check step -> why it has no outputs
     with tempfile.TemporaryDirectory(prefix="mrcnn_lite_grade_") as tmp:

@@ -92,12 +92,6 @@ def main(job_dir: str) -> int:
     out = job_dir / "out"
     progress = job_dir / "progress"
 
-    import resource
-
-    if job.get("memory_bytes"):
-        # A learner's memory blow-up becomes a MemoryError here instead of the machine's OOM killer.
-        resource.setrlimit(resource.RLIMIT_AS, (job["memory_bytes"], job["memory_bytes"]))
-
     import math
 
     import numpy as np
@@ -110,6 +104,15 @@ def main(job_dir: str) -> int:
     from . import checks
 
     sys.meta_path.insert(0, _Blocker())
+    if job.get("memory_bytes"):
+        # A learner's memory blow-up becomes a MemoryError here instead of the machine's OOM killer. The
+        # limit is on address space, counted from what torch and the checkers already map.
+        import resource
+
+        mapped = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) * 1024 \
+            if Path("/proc/self/status").exists() else 0
+        limit = mapped + int(job["memory_bytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     skip, done = set(job.get("skip", [])), set(job.get("done", []))
     specs = {}
     for k, step in enumerate(job["steps"]):
