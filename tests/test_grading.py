@@ -312,3 +312,82 @@ def test_list_prints_every_graded_item(course):
     table = subprocess.run([PY, "-m", "mrcnn_lite.course", "list", str(course / NB)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120).stdout
     assert "why_more" in table and "by hand" in table and "8 points graded automatically, 2 by hand" in table, table
+
+
+# ------------------------------------------------------------------------------------------------
+# nbgrader: plain (test cells in the learner's kernel) and scored by the course's grader
+# ------------------------------------------------------------------------------------------------
+def _nbgrader_autograde(root: Path, course: Path, submissions, config_extra: str = ""):
+    """A standard nbgrader course folder: the course notebook as assignment "a", one student per submission,
+    ``generate_assignment`` + ``autograde``; returns ``{student: {grade_id: score}}``."""
+    import os
+
+    from nbgrader.api import Gradebook
+
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        "c.CourseDirectory.course_id = 'tiny'\n"
+        "c.Execute.timeout = 120\n" + config_extra)
+    (root / "source" / "a").mkdir(parents=True)
+    (root / "source" / "a" / NB).write_text((course / NB).read_text())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+
+    def nbgrader(*args):
+        proc = subprocess.run([PY, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    nbgrader("generate_assignment", "a", "--force")
+    released = nbformat.read(str(root / "release" / "a" / NB), as_version=4)
+    assert "suppresses" not in nbformat.writes(released) and "### BEGIN SOLUTION" not in nbformat.writes(released)
+    for student, make in submissions.items():
+        nbgrader("db", "student", "add", student)
+        make(root / "submitted" / student / "a" / NB)
+    nbgrader("autograde", "a", "--force")
+    scores = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for student in submissions:
+            nb = gb.find_submission_notebook(NB[:-len(".ipynb")], "a", student)
+            scores[student] = {g.name: g.score for g in nb.grades}
+    return scores
+
+
+def _tampering(course):
+    """IoU solved; the encoding and NMS not; a cell that replaces the NMS checker before its test cell."""
+    return lambda out: submission(course, out, answers={"my_box_iou_answer": BOX_IOU},
+                                  extra_cells=[(6, "checks.check_nms = lambda *a, **k: 3")])
+
+
+@pytest.mark.slow
+def test_nbgrader_scored_by_the_course_grader_gives_its_points_and_ignores_tampering(course, tmp_path):
+    pytest.importorskip("nbgrader")
+    partial = lambda out: submission(course, out, answers={"my_box_iou_answer": BOX_IOU, "my_nms_answer": NMS})  # noqa: E731
+    config = ("from mrcnn_lite.course.nbgrader_checks import autograde_preprocessors\n"
+              "c.Autograde.autograde_preprocessors = autograde_preprocessors()\n"
+              "c.CourseChecks.timeout = 120\n")
+    scores = _nbgrader_autograde(tmp_path, course, {"honest": partial, "tamper": _tampering(course)}, config)
+    ours = grade_notebook(partial(tmp_path / "ours" / NB), source=course / NB, timeout=120)
+    assert {k: v for k, v in scores["honest"].items() if k != "why_more"} == \
+        {e["name"]: e["points"] for e in ours["exercises"]} == {"box_iou": 2, "encode": 0, "nms": 3, "more_or_fewer": 0}
+    assert scores["tamper"]["nms"] == 0 and scores["tamper"]["box_iou"] == 2
+    assert "why_more" in scores["honest"]          # the hand-graded answer is a manually graded cell
+
+
+@pytest.mark.slow
+def test_plain_nbgrader_gives_the_same_points_but_runs_tests_in_the_learners_kernel(course, tmp_path):
+    """Without the course's preprocessor, nbgrader's test cells run in the learner's kernel: honest work gets
+    the course grader's points, and the off-limits watch works there too, but a cell that replaces a checker
+    before its test cell is not stopped (the documented limit of that path)."""
+    pytest.importorskip("nbgrader")
+    partial = lambda out: submission(course, out, answers={"my_box_iou_answer": BOX_IOU, "my_nms_answer": NMS})  # noqa: E731
+    calls = lambda out: submission(course, out, answers={  # noqa: E731
+        "my_box_iou_answer": "def my_box_iou(boxes1, boxes2):\n    return ml.ops.box_iou(boxes1, boxes2)"})
+    scores = _nbgrader_autograde(tmp_path, course, {"honest": partial, "calls": calls, "tamper": _tampering(course)})
+    assert {k: v for k, v in scores["honest"].items() if k != "why_more"} == \
+        {"box_iou": 2, "encode": 0, "nms": 3, "more_or_fewer": 0}
+    assert scores["calls"]["box_iou"] == 0
+    assert scores["tamper"]["nms"] == 3            # the limit: see mrcnn_lite/course/nbgrader_checks.py
