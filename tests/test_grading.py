@@ -162,11 +162,13 @@ def test_answers_that_call_the_package_or_torchvision_earn_zero(course, tmp_path
         # (a) torchvision's NMS
         "my_nms_answer": "def my_nms(boxes, scores, iou_threshold):\n    import torchvision\n"
                          "    return torchvision.ops.nms(boxes, scores, iou_threshold)",
-        # (a) the package's function *is* the answer
-        "predict_more_or_fewer_answer": PREDICT}, edit=lambda nb: None)
+        # (a) the package run at the top level of an answer cell (a table of answers made in advance)
+        "predict_more_or_fewer_answer": "_kept = ml.ops.nms(torch.zeros(0, 4), torch.zeros(0), 0.5)\n" + PREDICT})
     report = grade_notebook(path, source=course / NB, timeout=120)
     ex = by_name(report)
-    assert report["score"] == 1, format_table(report)             # only the (honest) prediction
+    assert report["score"] == 0, format_table(report)
+    assert "mrcnn_lite.ops.boxes.nms (at the top level of its cell)" in ex["more_or_fewer"]["message"], \
+        ex["more_or_fewer"]["message"]
     assert "your code called mrcnn_lite.ops.boxes.box_iou" in ex["box_iou"]["message"], ex["box_iou"]["message"]
     assert "your code called mrcnn_lite.ops.boxes.BoxCoder.encode_single" in ex["encode"]["message"], \
         ex["encode"]["message"]
@@ -183,6 +185,8 @@ def test_replaced_checkers_and_edited_results_earn_zero(course, tmp_path):
         for cell in nb.cells:
             if "checks.check_box_iou(" in cell.source:
                 cell.outputs = fake_pass                                   # (c) stored outputs that say PASS
+            if "checks.check_encode(" in cell.source:
+                cell.source = cell.source.replace("points=2", "points=20")  # points come from the course's copy
             if "checks.check_nms(" in cell.source:
                 cell.source = 'print("PASS  nms (3/3 points)")\n3'        # (b) the check cell rewritten
 
@@ -193,6 +197,8 @@ def test_replaced_checkers_and_edited_results_earn_zero(course, tmp_path):
                             "_c.runner.judge = lambda spec, outcomes: _c.CheckResult(spec.name, True, spec.points, "
                             "spec.points, 'PASS')\n"
                             "_c.runner.compare = lambda *a, **k: None\n"
+                            # the runner's helper patched to answer with the reference instead
+                            "_c.runner._quiet = lambda call, f, inputs: call(_c.reference_encode, inputs)\n"
                             "def my_encode(targets, refs, weights=(1.0, 1.0, 1.0, 1.0)):\n"
                             "    return torch.zeros(len(targets), 4)",
     }, extra_cells=[
@@ -203,9 +209,10 @@ def test_replaced_checkers_and_edited_results_earn_zero(course, tmp_path):
     ], edit=edit)
     report = grade_notebook(path, source=course / NB, timeout=120)
     ex = by_name(report)
-    assert report["score"] == 0, format_table(report)
+    assert (report["score"], report["max_score"]) == (0, 8), format_table(report)
     assert ex["box_iou"]["status"] == "TODO" and ex["nms"]["status"] == "TODO"
-    assert ex["encode"]["status"] == "FAIL" and "wrong result" in ex["encode"]["message"], ex["encode"]["message"]
+    assert ex["encode"]["status"] == "FAIL" and "your code called mrcnn_lite.course.checks.nb01_boxes.reference_encode" \
+        in ex["encode"]["message"], ex["encode"]["message"]
 
 
 def test_in_a_notebook_the_checks_refuse_the_package_however_it_is_reached(capsys):
@@ -379,15 +386,14 @@ def test_nbgrader_scored_by_the_course_grader_gives_its_points_and_ignores_tampe
 
 @pytest.mark.slow
 def test_plain_nbgrader_gives_the_same_points_but_runs_tests_in_the_learners_kernel(course, tmp_path):
-    """Without the course's preprocessor, nbgrader's test cells run in the learner's kernel: honest work gets
-    the course grader's points, and the off-limits watch works there too, but a cell that replaces a checker
-    before its test cell is not stopped (the documented limit of that path)."""
+    """Without the course's preprocessor, nbgrader's test cells run in the learner's kernel: the off-limits
+    watch works there too, but a cell that replaces a checker before its test cell is not stopped (the
+    documented limit of that path). That plain nbgrader gives honest work the course grader's points is
+    tested on real notebooks in test_course.py."""
     pytest.importorskip("nbgrader")
-    partial = lambda out: submission(course, out, answers={"my_box_iou_answer": BOX_IOU, "my_nms_answer": NMS})  # noqa: E731
     calls = lambda out: submission(course, out, answers={  # noqa: E731
         "my_box_iou_answer": "def my_box_iou(boxes1, boxes2):\n    return ml.ops.box_iou(boxes1, boxes2)"})
-    scores = _nbgrader_autograde(tmp_path, course, {"honest": partial, "calls": calls, "tamper": _tampering(course)})
-    assert {k: v for k, v in scores["honest"].items() if k != "why_more"} == \
-        {"box_iou": 2, "encode": 0, "nms": 3, "more_or_fewer": 0}
+    scores = _nbgrader_autograde(tmp_path, course, {"calls": calls, "tamper": _tampering(course)})
     assert scores["calls"]["box_iou"] == 0
+    assert scores["tamper"]["box_iou"] == 2 and scores["tamper"]["encode"] == 0
     assert scores["tamper"]["nms"] == 3            # the limit: see mrcnn_lite/course/nbgrader_checks.py

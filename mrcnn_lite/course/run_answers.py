@@ -122,10 +122,26 @@ def main(job_dir: str) -> int:
     all_off_limits = tuple(x for s in specs.values() for x in s.off_limits)
     ns: Dict[str, Any] = {"__name__": "__main__", "torch": torch, "math": math, "np": np, "nn": nn, "F": F}
     tainted: Dict[str, str] = {}          # answer cell's file name -> what it called at its top level
+    # One watch over the whole run, from before the first answer: whatever the answers patch (a checker,
+    # the runner's helpers), a call into an exercise's implementation from anything but a checker's own
+    # harness is seen. Each step checks that the watch is still the one installed.
+    harness = [runner._default_call] + [s.call for s in specs.values() if s.kind == "cases"]
+    whole_run = off_limits.Watch(all_off_limits, harness=harness)
+    whole_run.__enter__()
+    removed = None
     for k, step in enumerate(job["steps"]):
         if k in skip or k in done:
             continue
         progress.write_text(str(k))
+        if removed is None and sys.getprofile() is not whole_run._bound_hook:
+            removed = "sys.setprofile (an answer removed the checker's watch)"
+        whole_run.found.clear()           # what a step calls counts against that step only
+        if step["kind"] == "check" and removed:
+            outcomes = [{"status": "off_limits", "error": removed}]
+            tmp = out / f"{k}.pt.tmp"
+            torch.save({"name": step["name"], "outcomes": outcomes}, tmp)
+            os.replace(tmp, out / f"{k}.pt")
+            continue
         if step["kind"] == "given":
             for node in _given_statements(step["source"]):
                 try:
@@ -145,6 +161,8 @@ def main(job_dir: str) -> int:
                 tainted[filename] = watch.found[0]
         else:
             outcomes = _check(step, specs[k], ns, tainted)
+            if whole_run.found and all(o["status"] == "ok" for o in outcomes):
+                outcomes = [{"status": "off_limits", "error": whole_run.found[0]}]
             tmp = out / f"{k}.pt.tmp"
             torch.save({"name": step["name"], "outcomes": outcomes}, tmp)
             os.replace(tmp, out / f"{k}.pt")
