@@ -20,6 +20,13 @@ the report says so in one line, the step is skipped and the process runs again f
 earned before stay earned. A file that is not a notebook, or not one of the course's, gets a one-line
 report. ``run_notebook=True`` also executes the submission as written (nbclient) and notes where it
 fails; that note is information, not points.
+
+Limits, honestly: the learner's code and the checkers' harness share the answers' process, so an answer
+written against the grader's internals (one that reinstalls the watch's profiler hook after using the
+package, or rewrites code objects) is beyond what an in-process watch can see; the points still come
+only from outputs judged here. Answers run beside the course's definitions only (imports, ``def``,
+``class``, ``or_reference`` assignments): an answer that reads a variable computed by a plotting or
+training cell fails here although it ran in the notebook.
 """
 from __future__ import annotations
 

@@ -136,6 +136,9 @@ def main(job_dir: str) -> int:
         if removed is None and sys.getprofile() is not whole_run._bound_hook:
             removed = "sys.setprofile (an answer removed the checker's watch)"
         whole_run.found.clear()           # what a step calls counts against that step only
+        # During a check, what is off limits is that exercise's list (another exercise may use the package's
+        # function legitimately); while answers run, every exercise's.
+        whole_run.codes = off_limits.codes_of(specs[k].off_limits if k in specs else all_off_limits)
         if step["kind"] == "check" and removed:
             outcomes = [{"status": "off_limits", "error": removed}]
             tmp = out / f"{k}.pt.tmp"
