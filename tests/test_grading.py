@@ -213,7 +213,7 @@ def test_replaced_checkers_and_edited_results_earn_zero(course, tmp_path):
     assert ex["box_iou"]["status"] == "TODO"
     # The patched helper stays patched for the checks after it: NMS and the prediction (not written) fail.
     assert all(ex[n]["points"] == 0 and ex[n]["status"] in ("TODO", "FAIL") for n in ("nms", "more_or_fewer"))
-    assert ex["encode"]["status"] == "FAIL" and "your code called mrcnn_lite.ops.boxes.BoxCoder.encode_single" \
+    assert ex["encode"]["status"] == "FAIL" and "your code called mrcnn_lite.course.checks.nb01_boxes.reference_encode" \
         in ex["encode"]["message"], ex["encode"]["message"]
 
 
