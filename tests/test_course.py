@@ -536,7 +536,7 @@ def test_make_assignments_leaves_no_solution_text(student_dir):
 
 
 def test_cli_help():
-    for args in ([], ["make-assignments"], ["grade"]):
+    for args in ([], ["make-assignments"], ["grade"], ["list"]):
         proc = subprocess.run([PY, "-m", "mrcnn_lite.course", *args, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
