@@ -4,9 +4,10 @@ The checker tests are fast: each checker must pass the notebook's own solution (
 exercise cell) and the package reference, fail a plausible wrong implementation with a message that
 shows input, expected and got, and report NotImplementedError as "not implemented yet".
 
-The notebook tests execute notebooks: every solution notebook and every student notebook of 01-12
-is graded once (two at a time, longest first, through the CLI) in a module-scoped fixture, plus one
-student copy with one exercise solved.
+The notebook tests grade notebooks through the CLI (two at a time, longest first) in a module-scoped
+fixture: every student notebook of 01-12 (also executed as written, to show it runs to its end), and two
+nbgrader submissions (one solved, one with a lab half fixed). The cheats and crashes are tested on small
+synthetic notebooks in test_grading.py.
 """
 from __future__ import annotations
 
@@ -63,7 +64,13 @@ def solutions():
     for path in NOTEBOOKS:
         for source in exercise_cells(path) + lab_cells(path):
             exec(compile(source, str(path), "exec"), ns)
+    _SOLUTIONS.update(ns)
     return ns
+
+
+# The notebooks' solutions, for the wrong implementations below that change one detail of a right one (the
+# package's own functions are off limits to a checked function: see course/checks/off_limits.py).
+_SOLUTIONS = {}
 
 
 def test_there_are_six_labs_and_three_predictions():
@@ -98,7 +105,7 @@ def iou_no_clamp(b1, b2):
 
 
 def encode_no_weights(targets, refs, weights=(1.0, 1.0, 1.0, 1.0)):
-    return checks.reference_encode(targets, refs, (1.0, 1.0, 1.0, 1.0))
+    return _SOLUTIONS["my_encode"](targets, refs, (1.0, 1.0, 1.0, 1.0))
 
 
 def nms_not_greedy(boxes, scores, iou_threshold):
@@ -109,7 +116,18 @@ def nms_not_greedy(boxes, scores, iou_threshold):
     return order[keep]
 
 
-class BottleneckNoFinalRelu(B.Bottleneck):
+class BottleneckNoFinalRelu(nn.Module):
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        cout = planes * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=True)
+
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -145,7 +163,7 @@ def top_n_without_offset(objectness, num_anchors_per_level, pre_nms_top_n):
 
 
 def rpn_loss_per_positive(objectness, deltas, labels, targets, pos_mask, neg_mask):
-    obj, box = checks.reference_rpn_loss(objectness, deltas, labels, targets, pos_mask, neg_mask)
+    obj, box = _SOLUTIONS["rpn_loss"](objectness, deltas, labels, targets, pos_mask, neg_mask)
     n_sampled, n_pos = int(pos_mask.sum() + neg_mask.sum()), int(pos_mask.sum())
     return obj, box * n_sampled / max(n_pos, 1)  # divides by the positives instead of all sampled
 
@@ -159,11 +177,11 @@ def bilinear_no_edge_clamp(f, y, x):
 
 def roi_align_not_aligned(f, box, output_size, spatial_scale, sampling_ratio):
     shifted = [v + 0.5 / spatial_scale for v in box]  # undoes the -0.5 shift: the legacy grid
-    return checks.reference_roi_align_one_box(f, shifted, output_size, spatial_scale, sampling_ratio)
+    return _SOLUTIONS["roi_align_one_box"](f, shifted, output_size, spatial_scale, sampling_ratio)
 
 
 def fastrcnn_loss_per_positive(class_logits, box_regression, labels, regression_targets):
-    cls, box = checks.reference_fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+    cls, box = _SOLUTIONS["fastrcnn_loss_by_hand"](class_logits, box_regression, labels, regression_targets)
     return cls, box * labels.numel() / max(int((labels > 0).sum()), 1)  # divides by the positives
 
 
@@ -265,19 +283,22 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_checker_passes_solution_and_reference(name, solutions, capsys):
+def test_checker_passes_solution_and_refuses_the_reference(name, solutions, capsys):
+    """The notebook's solution passes; the package's own implementation, handed in as the answer, earns 0
+    with a message naming what was called (see course/checks/off_limits.py)."""
     check, solution_name, reference, _ = CASES[name]
-    fns = (solutions[solution_name], reference) if reference is not None else (solutions[solution_name],)
-    for fn in fns:
-        result = check(fn, points=2)
-        assert result.passed, result.message
-        assert (result.points, result.max_points, result.name) == (2, 2, name)
-    out = capsys.readouterr().out
-    assert out.count(f"PASS  {name} (2/2 points)") == len(fns)
+    result = check(solutions[solution_name], points=2)
+    assert result.passed, result.message
+    assert (result.points, result.max_points, result.name) == (2, 2, name)
+    assert capsys.readouterr().out.count(f"PASS  {name} (2/2 points)") == 1
+    if reference is not None:
+        result = check(reference, points=2)
+        assert not result.passed and result.points == 0, result.message
+        assert "your code called" in result.message and "write yourself" in result.message, result.message
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_checker_fails_wrong_implementation_with_details(name, capsys):
+def test_checker_fails_wrong_implementation_with_details(name, solutions, capsys):
     check, _, _, wrong = CASES[name]
     result = check(wrong, points=3)
     assert not result.passed and result.implemented
@@ -311,7 +332,7 @@ def test_checker_reports_not_implemented(name, capsys):
     def todo(*args, **kwargs):
         raise NotImplementedError
 
-    class TodoBlock(B.Bottleneck):
+    class TodoBlock(BottleneckNoFinalRelu):
         def forward(self, x):
             raise NotImplementedError
 
@@ -320,9 +341,9 @@ def test_checker_reports_not_implemented(name, capsys):
     assert result.message.startswith(f"TODO  {name}") and "not implemented yet" in result.message
 
 
-def test_train_step_check_wants_float_losses(capsys):
+def test_train_step_check_wants_float_losses(solutions, capsys):
     def returns_tensors(model, optimizer, images, targets, micro_batch, clip_grad_norm=None):
-        out = checks.reference_train_step(model, optimizer, images, targets, clip_grad_norm)
+        out = solutions["train_step_accumulate"](model, optimizer, images, targets, micro_batch, clip_grad_norm)
         return {k: torch.tensor(v) for k, v in out.items()}
     result = checks.check_train_step_accumulate(returns_tensors)
     assert not result.passed and "plain floats" in result.message
@@ -367,7 +388,7 @@ def test_labs_run_on_the_trained_models_tensors(capsys):
 def test_half_fixed_decode_lab_earns_half_the_points(solutions, capsys):
     def centres_fixed(deltas, anchors):           # dx/dy fixed, dw/dh still swapped
         swapped = deltas[:, [0, 1, 3, 2]]
-        return checks.reference_decode(swapped, anchors)
+        return solutions["fixed_decode"](swapped, anchors)
     result = checks.check_decode_lab(centres_fixed, points=3)
     assert not result.passed and result.points == 1.5 and result.max_points == 3
     assert result.message.startswith("FAIL  decode_lab (1.5/3 points)")
@@ -515,7 +536,7 @@ def test_make_assignments_leaves_no_solution_text(student_dir):
 
 
 def test_cli_help():
-    for args in ([], ["make-assignments"], ["grade"]):
+    for args in ([], ["make-assignments"], ["grade"], ["list"]):
         proc = subprocess.run([PY, "-m", "mrcnn_lite.course", *args, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
@@ -563,11 +584,12 @@ PARTIAL = "01_boxes_iou_nms.ipynb"   # its decode lab, half fixed, in the nbgrad
 FULL = "04_anchors.ipynb"            # graded as submitted solution, by both graders
 
 
-def _grade(path: Path, out_json: Path) -> dict:
+def _grade(path: Path, out_json: Path, run_notebook: bool = False) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")  # two kernels share the 2 cores
     env.pop("MRCNN_LITE_FULL", None)
     proc = subprocess.run([PY, "-m", "mrcnn_lite.course", "grade", str(path), "--json", str(out_json),
-                           "--timeout", "300"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+                           "--timeout", "300", *(["--run-notebook"] if run_notebook else [])],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out_json.read_text())
     report["stdout"] = proc.stdout
@@ -667,7 +689,8 @@ def graded(student_dir, nbgrader_course, tmp_path_factory):
                "02_resnet_backbone.ipynb")
     order = sorted(jobs, key=lambda k: longest.index(k[1]) if k[1] in longest else len(longest))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(_grade, jobs[k], work / f"{k[0]}_{k[1]}.json") for k in order}
+        # The student copies are also executed as written: each must run to its end on the fallbacks.
+        futures = {k: pool.submit(_grade, jobs[k], work / f"{k[0]}_{k[1]}.json", k[0] == "student") for k in order}
         return {k: f.result() for k, f in futures.items()}
 
 
@@ -682,9 +705,9 @@ def _max_points(nb_name: str) -> float:
 def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, nb):
     report = graded[("student", nb)]
     assert report["score"] == 0 and report["max_score"] == _max_points(nb) > 0
-    # Every check ran (so every cell before it ran) and said "not implemented"; no cell raised.
+    # Every check said "not implemented"; executed as written, the student copy runs to its end.
     assert all(e["status"] == "TODO" for e in report["exercises"]), report["stdout"]
-    assert report["errors"] == [], report["errors"]
+    assert report["errors"] == ["as written, the notebook runs to the end without an error"], report["errors"]
     assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
 
 

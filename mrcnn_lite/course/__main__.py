@@ -1,5 +1,7 @@
-"""Teacher tools: ``python -m mrcnn_lite.course make-assignments|grade ...`` (``--help`` on each).
+"""Teacher tools: ``python -m mrcnn_lite.course list|make-assignments|grade ...`` (``--help`` on each).
 
+    python -m mrcnn_lite.course list                                       # every graded item, a table
+    python -m mrcnn_lite.course list --json                                # the same, as JSON
     python -m mrcnn_lite.course make-assignments --out student/            # all notebooks/NN_*.ipynb
     python -m mrcnn_lite.course make-assignments --out student/ notebooks/01_boxes_iou_nms.ipynb
     python -m mrcnn_lite.course grade student/01_boxes_iou_nms.ipynb --json grade.json
@@ -25,12 +27,29 @@ def cmd_make_assignments(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from .assignments import default_notebooks
+    from .items import course_notebooks_dir, format_items, read_items
+
+    notebooks = args.notebooks or default_notebooks(course_notebooks_dir())
+    items = [item for path in notebooks for item in read_items(path)]
+    if args.json:
+        print(json.dumps([i.to_dict() for i in items], indent=1))
+    else:
+        print(format_items(items))
+    return 0
+
+
 def cmd_grade(args) -> int:
     from .grade import format_table, grade_notebook
 
     reports = []
     for path in args.notebooks:
-        report = grade_notebook(path, timeout=args.timeout)
+        source = None
+        if args.source is not None:
+            source = args.source / Path(path).name if args.source.is_dir() else args.source
+        report = grade_notebook(path, timeout=args.timeout, source=source, memory_gb=args.memory_gb,
+                                run_notebook=args.run_notebook)
         print(format_table(report))
         reports.append(report)
     if args.json:
@@ -61,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Course tools for teachers: make student versions of the notebooks, grade them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("list", help="list every graded item of the course",
+                       description="Every graded item of the notebooks: notebook, name, kind (build, lab, "
+                                   "experiment, prediction), points, graded automatically or by hand. The grader "
+                                   "and add-nbgrader-metadata read the same items.")
+    p.add_argument("notebooks", nargs="*", type=Path, help="notebooks to read (default: all notebooks/NN_*.ipynb)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{notebook, name, kind, points, graded}]")
+    p.set_defaults(func=cmd_list)
+
     p = sub.add_parser("make-assignments", help="write student copies with the solutions removed",
                        description="Write a student copy of each notebook (same file name) into --out: every "
                                    "block between '### BEGIN SOLUTION' and '### END SOLUTION' becomes "
@@ -71,13 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebooks to convert (default: all notebooks/NN_*.ipynb)")
     p.set_defaults(func=cmd_make_assignments)
 
-    p = sub.add_parser("grade", help="execute a notebook and score its exercises",
-                       description="Execute each notebook with nbclient (errors do not stop the run), score every "
-                                   "check cell, print a table and optionally write JSON: {score, max_score, "
-                                   "exercises: [{name, points, max_points, message}]}.")
+    p = sub.add_parser("grade", help="score submitted notebooks where the learner's code cannot reach the scoring",
+                       description="Score each submitted notebook against the course's notebook of the same name: "
+                                   "the submission's answer cells run in a fresh process beside the course's own "
+                                   "definitions, the checkers call the learner's functions there, and the outputs "
+                                   "are compared with the references in this process. Nothing the learner's kernel "
+                                   "recorded is read. Prints a table and optionally writes JSON: {score, max_score, "
+                                   "exercises: [{name, kind, points, max_points, status, message}], by_hand, errors}.")
     p.add_argument("notebooks", nargs="+", type=Path, help="notebook(s) to grade")
     p.add_argument("--json", type=Path, help="write the scores to this JSON file")
-    p.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
+    p.add_argument("--source", type=Path, default=None,
+                   help="the course's notebook, or a folder of them (default: ./notebooks, else the package's)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds allowed per answer cell or check (default 300)")
+    p.add_argument("--memory-gb", type=float, default=6.0,
+                   help="memory limit of the process that runs the answers (default 6)")
+    p.add_argument("--run-notebook", action="store_true",
+                   help="also execute each submission as written and note (not score) where it fails")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("add-nbgrader-metadata", help="mark exercise and check cells for nbgrader (in place)",

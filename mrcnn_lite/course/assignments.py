@@ -21,6 +21,8 @@ from typing import Iterable, List
 
 import nbformat
 
+from .items import HAND_MARK, items_of
+
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -82,6 +84,10 @@ def make_student_notebook(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode
             cell.execution_count = None
         elif BEGIN in cell.source or END in cell.source:
             raise SolutionMarkerError(f"cell {i} is {cell.cell_type}, but solution markers belong in code cells")
+        elif cell.cell_type == "markdown" and HAND_MARK.match(cell.source):
+            # A written answer graded by hand: the student copy keeps the marker line (the item's name and
+            # points) and leaves the answer to the learner, as nbgrader's "YOUR ANSWER HERE".
+            cell.source = cell.source.splitlines()[0] + "\n\nYOUR ANSWER HERE"
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
     # Notebook metadata: keep only what Jupyter needs to pick a kernel.
     student.metadata = {k: v for k, v in student.metadata.items() if k in ("kernelspec", "language_info")}
@@ -144,17 +150,26 @@ def split_check_cells(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode":
 
 
 def add_nbgrader_metadata(nb: "nbformat.NotebookNode") -> "nbformat.NotebookNode":
-    """Mark the cells the way nbgrader's "Create Assignment" toolbar does (schema 3), in place:
+    """Mark the cells the way nbgrader's "Create Assignment" toolbar does (schema 3), in place, from the
+    graded items (:mod:`.items`), which the course's grader reads too:
 
     * a code cell with a solution block is an *autograded answer* (``solution``), id ``<name>_answer``
       after the function or class it defines;
     * a cell with a ``checks.check_<name>(..., points=P)`` call is an *autograder test* (``grade``, locked,
       ``P`` points, id the exercise's name, as the course's grader reports it);
+    * a markdown cell opening with ``<!-- answer: <name>, <P> points, <kind> -->`` is a *manually graded
+      answer* (``grade`` and ``solution``, ``P`` points, id ``<name>``);
     * every other cell carries no nbgrader metadata.
     """
     from .grade import declared_exercises
 
-    for cell in nb.cells:
+    hand = {i.cell: i for i in items_of(nb) if i.graded == "hand"}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and index in hand:
+            cell.metadata["nbgrader"] = {"grade": True, "grade_id": hand[index].name, "locked": False,
+                                         "points": hand[index].points, "schema_version": 3, "solution": True,
+                                         "task": False}
+            continue
         cell.metadata.pop("nbgrader", None)
         if cell.cell_type != "code":
             continue

@@ -5,7 +5,9 @@ Every exercise in the notebooks is followed by a check cell such as::
     from mrcnn_lite.course import checks
     checks.check_box_iou(my_box_iou, points=2)
 
-The engine (running, comparing, reporting, falling back to the reference) is in :mod:`.engine`; the
+The machinery (a check's spec, calling the learner's function, judging its outputs against the reference,
+reporting, falling back to the reference) is in :mod:`.runner`; what a checked function may not call
+(the package's or torchvision's implementation of the exercise) is in :mod:`.off_limits`; the
 checkers of each notebook are in their own module, ``nb01_boxes`` ... ``nb12_own_data``, and are
 imported here so that a notebook needs only ``checks.<name>``. Three kinds of exercise:
 
@@ -15,7 +17,7 @@ imported here so that a notebook needs only ``checks.<name>``. Three kinds of ex
   briefly trained model (:mod:`mrcnn_lite.course.lab_case`);
 * predict-then-run (``check_prediction``): a number or a choice written before the cell that computes it.
 """
-from .engine import RESULTS, CheckResult, check_prediction, compare, or_reference, run_check, run_parts
+from .runner import RESULTS, CheckResult, check_prediction, compare, or_reference, run_check, run_parts
 from .nb01_boxes import check_box_iou, check_decode_lab, check_encode, check_nms, reference_decode, reference_encode
 from .nb02_backbone import check_bottleneck, check_frozen_bn_lab, reference_frozen_bn
 from .nb03_fpn import check_fpn_top_down, reference_fpn_top_down

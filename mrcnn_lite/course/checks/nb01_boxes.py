@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check, run_parts
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, run_parts
 
 
 def _box_iou_cases():
@@ -30,7 +30,8 @@ def _box_iou_cases():
 def check_box_iou(fn: Callable, points: float = 2, name: str = "box_iou") -> CheckResult:
     """``fn(boxes1 (N, 4), boxes2 (M, 4)) -> IoU (N, M)``, against ``mrcnn_lite.ops.box_iou``."""
     return run_check(name, fn, ops.box_iou, _box_iou_cases(), points, atol=1e-6, rtol=1e-5,
-                     what="mrcnn_lite.ops.box_iou")
+                     what="mrcnn_lite.ops.box_iou",
+                     off_limits=("torchvision.ops.boxes:box_iou", "torchvision.ops.boxes:_box_inter_union"))
 
 
 def reference_encode(targets: Tensor, refs: Tensor, weights=(1.0, 1.0, 1.0, 1.0)) -> Tensor:
@@ -57,7 +58,9 @@ def _encode_cases():
 def check_encode(fn: Callable, points: float = 2, name: str = "encode") -> CheckResult:
     """``fn(targets (N, 4), refs (N, 4), weights) -> deltas (N, 4)``, against ``BoxCoder.encode_single``."""
     return run_check(name, fn, reference_encode, _encode_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.ops.BoxCoder(weights).encode_single")
+                     what="mrcnn_lite.ops.BoxCoder(weights).encode_single",
+                     off_limits=(ops.BoxCoder.encode, ops.BoxCoder.encode_single,
+                                 "torchvision.models.detection._utils:BoxCoder"))
 
 
 def _nms_cases():
@@ -83,7 +86,8 @@ def _nms_cases():
 
 def check_nms(fn: Callable, points: float = 3, name: str = "nms") -> CheckResult:
     """``fn(boxes (N, 4), scores (N,), iou_threshold) -> kept indices (K,)``, against ``mrcnn_lite.ops.nms``."""
-    return run_check(name, fn, ops.nms, _nms_cases(), points, exact=True, what="mrcnn_lite.ops.nms")
+    return run_check(name, fn, ops.nms, _nms_cases(), points, exact=True, what="mrcnn_lite.ops.nms",
+                     off_limits=(ops.batched_nms, "torchvision.ops.boxes:nms", "torchvision.ops.boxes:batched_nms"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,4 +131,6 @@ def check_decode_lab(fn: Callable, points: float = 3, name: str = "decode_lab") 
     half = points / 2
     return run_parts(name, fn, reference_decode, _decode_lab_cases(),
                      [("box centres", half, _centres), ("box sizes", half, _sizes)], atol=1e-4, rtol=1e-5,
-                     what="mrcnn_lite.ops.BoxCoder((1, 1, 1, 1)).decode_single")
+                     what="mrcnn_lite.ops.BoxCoder((1, 1, 1, 1)).decode_single",
+                     off_limits=(ops.BoxCoder.decode, ops.BoxCoder.decode_single,
+                                 "torchvision.models.detection._utils:BoxCoder"))

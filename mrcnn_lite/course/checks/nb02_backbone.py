@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...model.backbone import Bottleneck
 from ...model.frozen_bn import FrozenBatchNorm2d
-from .engine import SEEDS, CheckResult, gen, run_check
+from .runner import SEEDS, CheckResult, gen, run_check
 
 
 def _randomize(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -59,7 +59,8 @@ def check_bottleneck(cls: type, points: float = 3, name: str = "bottleneck") -> 
     (conv1/bn1, conv2/bn2, conv3/bn3, downsample); its ``forward`` must equal ``Bottleneck``'s
     (eval mode, float64, the same random weights loaded into both)."""
     return run_check(name, cls, Bottleneck, _bottleneck_cases(), points, atol=1e-10, rtol=1e-8,
-                     call=_call_block, what="mrcnn_lite.model.backbone.Bottleneck (eval, same weights)")
+                     call=_call_block, what="mrcnn_lite.model.backbone.Bottleneck (eval, same weights)",
+                     off_limits=("torchvision.models.resnet:Bottleneck",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,4 +101,5 @@ def check_frozen_bn_lab(fn: Callable, points: float = 2, name: str = "frozen_bn_
     """Lab: ``fn(x (N, C, H, W), weight, bias, running_mean, running_var (C,), eps) -> (N, C, H, W)``, against
     ``mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d``."""
     return run_check(name, fn, reference_frozen_bn, _frozen_bn_cases(), points, atol=1e-5, rtol=1e-5,
-                     what="mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d")
+                     what="mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d",
+                     off_limits=(FrozenBatchNorm2d, "torchvision.ops.misc:FrozenBatchNorm2d"))

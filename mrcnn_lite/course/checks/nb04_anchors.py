@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...model.anchors import generate_base_anchors, grid_anchors
-from .engine import SEEDS, CheckResult, gen, run_check
+from .runner import SEEDS, CheckResult, gen, run_check
 
 
 def _base_anchor_cases():
@@ -26,7 +26,8 @@ def check_base_anchors(fn: Callable, points: float = 2, name: str = "base_anchor
     """``fn(sizes, ratios) -> (len(ratios) * len(sizes), 4)`` zero-centred anchors, ratio-major,
     against ``mrcnn_lite.model.anchors.generate_base_anchors``."""
     return run_check(name, fn, generate_base_anchors, _base_anchor_cases(), points, exact=True,
-                     what="mrcnn_lite.model.anchors.generate_base_anchors")
+                     what="mrcnn_lite.model.anchors.generate_base_anchors",
+                     off_limits=("torchvision.models.detection.anchor_utils:AnchorGenerator",))
 
 
 def reference_grid_anchors(base: Tensor, grid_size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
@@ -54,4 +55,5 @@ def _grid_anchor_cases():
 def check_grid_anchors(fn: Callable, points: float = 2, name: str = "grid_anchors") -> CheckResult:
     """``fn(base (A, 4), grid_size (H_f, W_f), image_size (H, W)) -> (H_f * W_f * A, 4)``, order y -> x -> anchor."""
     return run_check(name, fn, reference_grid_anchors, _grid_anchor_cases(), points, exact=True,
-                     what="mrcnn_lite.model.anchors.grid_anchors")
+                     what="mrcnn_lite.model.anchors.grid_anchors",
+                     off_limits=(grid_anchors, "torchvision.models.detection.anchor_utils:AnchorGenerator"))

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 
 from ...config import tiny
-from ...model.rpn import build_rpn, rpn_loss
+from ...model.rpn import RegionProposalNetwork, build_rpn, rpn_loss
 from ...model.rpn_head import concat_box_prediction_layers
-from .engine import SEEDS, CheckResult, gen, run_check, run_parts
+from .runner import SEEDS, CheckResult, gen, run_check, run_parts
 
 
 def reference_rpn_loss(objectness: Tensor, pred_bbox_deltas: Tensor, labels: Tensor, regression_targets: Tensor,
@@ -54,7 +54,8 @@ def check_rpn_loss(fn: Callable, points: float = 3, name: str = "rpn_loss") -> C
     """``fn(objectness (N,), pred_bbox_deltas (N, 4), labels (N,), regression_targets (N, 4),
     pos_mask (N,) bool, neg_mask (N,) bool) -> (objectness_loss, box_loss)``."""
     return run_check(name, fn, reference_rpn_loss, _rpn_loss_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.model.rpn.rpn_loss")
+                     what="mrcnn_lite.model.rpn.rpn_loss",
+                     off_limits=(rpn_loss, "torchvision.models.detection.rpn:RegionProposalNetwork"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,7 +94,9 @@ def check_top_n_per_level(fn: Callable, points: float = 2, name: str = "top_n_pe
     """``fn(objectness (B, N), num_anchors_per_level [n_1, ...], pre_nms_top_n) -> (B, K)`` int64 indices into
     the concatenated anchors, level by level, best first; compared exactly."""
     return run_check(name, fn, reference_top_n_per_level, _top_n_cases(), points, exact=True,
-                     what="the package's RegionProposalNetwork._get_top_n_idx")
+                     what="the package's RegionProposalNetwork._get_top_n_idx",
+                     off_limits=(RegionProposalNetwork._get_top_n_idx,
+                                 "torchvision.models.detection.rpn:RegionProposalNetwork"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,4 +130,5 @@ def check_flatten_head_lab(fn: Callable, points: float = 3, name: str = "flatten
     the points for the objectness, 2/3 for the deltas."""
     return run_parts(name, fn, reference_flatten_head, _flatten_cases(),
                      [("objectness", points / 3, lambda out: out[0]), ("deltas", 2 * points / 3, lambda out: out[1])],
-                     exact=True, what="mrcnn_lite.model.rpn_head.concat_box_prediction_layers")
+                     exact=True, what="mrcnn_lite.model.rpn_head.concat_box_prediction_layers",
+                     off_limits=(concat_box_prediction_layers, "torchvision.models.detection.rpn:concat_box_prediction_layers"))

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ... import ops
 from ...ops.poolers import map_levels
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check
 
 
 def reference_bilinear(f: Tensor, y: float, x: float) -> Tensor:
@@ -38,7 +38,8 @@ def _bilinear_cases():
 def check_bilinear(fn: Callable, points: float = 2, name: str = "bilinear") -> CheckResult:
     """``fn(f (H, W), y, x) -> value`` at a point with ``0 <= y <= H-1``, ``0 <= x <= W-1``."""
     return run_check(name, fn, reference_bilinear, _bilinear_cases(), points, atol=1e-10, rtol=1e-8,
-                     what="bilinear sampling in mrcnn_lite.ops.roi_align")
+                     what="bilinear sampling in mrcnn_lite.ops.roi_align",
+                     off_limits=(ops.roi_align, "torchvision.ops.roi_align:roi_align"))
 
 
 def reference_roi_align_one_box(f: Tensor, box: Sequence[float], output_size: Tuple[int, int],
@@ -73,7 +74,8 @@ def check_roi_align_one_box(fn: Callable, points: float = 3, name: str = "roi_al
     """``fn(f (H, W), box (x1, y1, x2, y2), output_size (PH, PW), spatial_scale, sampling_ratio) -> (PH, PW)``,
     ``aligned=True``, against ``mrcnn_lite.ops.roi_align``."""
     return run_check(name, fn, reference_roi_align_one_box, _roi_align_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.ops.roi_align (aligned=True)")
+                     what="mrcnn_lite.ops.roi_align (aligned=True)",
+                     off_limits=(ops.roi_align, "torchvision.ops.roi_align:roi_align"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,4 +108,5 @@ def _level_cases():
 def check_level_lab(fn: Callable, points: float = 2, name: str = "level_lab") -> CheckResult:
     """Lab: ``fn(boxes (K, 4), k_min, k_max) -> levels (K,)`` int64, against ``mrcnn_lite.ops.poolers.map_levels``."""
     return run_check(name, fn, reference_level_for_boxes, _level_cases(), points, exact=True,
-                     what="mrcnn_lite.ops.poolers.map_levels (FPN eq. 1, k0 = 4, canonical size 224)")
+                     what="mrcnn_lite.ops.poolers.map_levels (FPN eq. 1, k0 = 4, canonical size 224)",
+                     off_limits=(map_levels, "torchvision.ops.poolers:LevelMapper"))

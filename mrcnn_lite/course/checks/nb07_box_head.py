@@ -9,7 +9,7 @@ from torch import Tensor
 from ... import ops
 from ...model.box_head import add_gt_proposals, assign_targets_to_proposals, fastrcnn_loss
 from ...model.matching import BalancedPositiveNegativeSampler, Matcher
-from .engine import SEEDS, CheckResult, gen, random_boxes, run_check
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check
 
 
 def reference_fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor,
@@ -46,7 +46,8 @@ def check_fastrcnn_loss(fn: Callable, points: float = 3, name: str = "fastrcnn_l
     """``fn(class_logits (S, C), box_regression (S, C*4), labels (S,), regression_targets (S, 4))
     -> (loss_classifier, loss_box_reg)``, against ``mrcnn_lite.model.box_head.fastrcnn_loss``."""
     return run_check(name, fn, reference_fastrcnn_loss, _fastrcnn_loss_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.model.box_head.fastrcnn_loss")
+                     what="mrcnn_lite.model.box_head.fastrcnn_loss",
+                     off_limits=(fastrcnn_loss, "torchvision.models.detection.roi_heads:fastrcnn_loss"))
 
 
 def reference_decode_class_boxes(box_regression: Tensor, proposals: Tensor, classes: Tensor) -> Tensor:
@@ -120,7 +121,8 @@ def _training_proposal_cases():
 def check_training_proposals_lab(fn: Callable, points: float = 2, name: str = "training_proposals_lab") -> CheckResult:
     """Lab: ``fn(proposals (P, 4), gt_boxes (n, 4), gt_labels (n,)) -> (proposals (P + n, 4), labels (P + n,))``."""
     return run_check(name, fn, reference_training_proposals, _training_proposal_cases(), points, atol=1e-6,
-                     rtol=1e-6, what="box_head.add_gt_proposals + assign_targets_to_proposals")
+                     rtol=1e-6, what="box_head.add_gt_proposals + assign_targets_to_proposals",
+                     off_limits=(add_gt_proposals, assign_targets_to_proposals, "torchvision.models.detection.roi_heads:RoIHeads"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,4 +178,6 @@ def check_sample_balanced(fn: Callable, points: float = 3, name: str = "sample_b
     """``fn(labels (N,), batch_size_per_image, positive_fraction, generator) -> (pos_idx, neg_idx)``: as many
     positives and negatives as the package's ``BalancedPositiveNegativeSampler`` draws, each index of the right kind."""
     return run_check(name, fn, reference_sample_counts, _sample_cases(), points, exact=True, call=_call_sample,
-                     what="the counts of mrcnn_lite's BalancedPositiveNegativeSampler")
+                     what="the counts of mrcnn_lite's BalancedPositiveNegativeSampler",
+                     off_limits=(BalancedPositiveNegativeSampler,
+                                 "torchvision.models.detection._utils:BalancedPositiveNegativeSampler"))

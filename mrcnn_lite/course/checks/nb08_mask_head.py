@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...model.mask_head import maskrcnn_loss, project_masks_on_boxes
-from .engine import SEEDS, CheckResult, gen, random_boxes, random_masks, run_check
+from .runner import SEEDS, CheckResult, gen, random_boxes, random_masks, run_check
 
 
 def reference_mask_targets(gt_masks: Tensor, proposals: Tensor, matched_idxs: Tensor, M: int) -> Tensor:
@@ -37,7 +37,8 @@ def check_mask_targets(fn: Callable, points: float = 3, name: str = "mask_target
     """``fn(gt_masks (n, H, W), proposals (P, 4), matched_idxs (P,), M) -> (P, M, M)`` float targets,
     against ``mrcnn_lite.model.mask_head.project_masks_on_boxes``."""
     return run_check(name, fn, reference_mask_targets, _mask_target_cases(), points, atol=1e-5, rtol=1e-5,
-                     what="mrcnn_lite.model.mask_head.project_masks_on_boxes")
+                     what="mrcnn_lite.model.mask_head.project_masks_on_boxes",
+                     off_limits=(project_masks_on_boxes, "torchvision.models.detection.roi_heads:project_masks_on_boxes"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,4 +77,5 @@ def check_mask_loss_lab(fn: Callable, points: float = 2, name: str = "mask_loss_
     """Lab: ``fn(mask_logits (P, C, M, M), proposals (P, 4), gt_masks (n, H, W), gt_boxes (n, 4), gt_labels (n,),
     matched_idxs (P,)) -> loss``, against ``mrcnn_lite.model.mask_head.maskrcnn_loss``."""
     return run_check(name, fn, reference_mask_loss, _mask_loss_cases(), points, atol=1e-5, rtol=1e-5,
-                     what="mrcnn_lite.model.mask_head.maskrcnn_loss")
+                     what="mrcnn_lite.model.mask_head.maskrcnn_loss",
+                     off_limits=(maskrcnn_loss, "torchvision.models.detection.roi_heads:maskrcnn_loss"))

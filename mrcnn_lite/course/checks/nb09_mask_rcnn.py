@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...model.transform import paste_masks_in_image
-from .engine import SEEDS, CheckResult, gen, run_check
+from .runner import SEEDS, CheckResult, gen, run_check
 
 
 def reference_paste_mask(mask: Tensor, box: Sequence[float], image_size: Tuple[int, int]) -> Tensor:
@@ -42,4 +42,6 @@ def check_paste_mask(fn: Callable, points: float = 3, name: str = "paste_mask") 
     """``fn(mask (M, M), box (x1, y1, x2, y2), image_size (H, W)) -> (H, W)``, against
     ``mrcnn_lite.model.transform.paste_masks_in_image``."""
     return run_check(name, fn, reference_paste_mask, _paste_cases(), points, atol=1e-9, rtol=1e-7,
-                     what="mrcnn_lite.model.transform.paste_masks_in_image")
+                     what="mrcnn_lite.model.transform.paste_masks_in_image",
+                     off_limits=(paste_masks_in_image, "torchvision.models.detection.roi_heads:paste_masks_in_image",
+                                 "torchvision.models.detection.roi_heads:paste_mask_in_image"))

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...engine.trainer import TrainConfig, lr_factor, train_step
 from ..toy_detector import ToyDetector
-from .engine import SEEDS, CheckResult, Fresh, gen, run_check
+from .runner import SEEDS, CheckResult, Fresh, gen, run_check
 
 
 def reference_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: List[Tensor],
@@ -122,7 +122,8 @@ def check_train_step_accumulate(fn: Callable, points: float = 4, name: str = "tr
     hence ``rtol=1e-6``; a wrong step changes the numbers far more.)"""
     return run_check(name, fn, reference_train_step_accumulate, _train_step_cases(), points, atol=1e-9, rtol=1e-6,
                      call=_call_train_step,
-                     what="one mrcnn_lite.engine.trainer.train_step on the whole batch (losses of 3 steps, then the weights)")
+                     what="one mrcnn_lite.engine.trainer.train_step on the whole batch (losses of 3 steps, then the weights)",
+                     off_limits=(train_step, reference_train_step))
 
 
 def reference_lr_at(it: int, total: int, base_lr: float, warmup_iters: int, warmup_factor: float) -> float:
@@ -161,4 +162,5 @@ def check_lr_at(fn: Callable, points: float = 2, name: str = "lr_at") -> CheckRe
     """``fn(it, total, base_lr, warmup_iters, warmup_factor) -> lr``: linear warmup, then cosine decay,
     against the package's ``lr_factor`` (the schedule the Trainer uses)."""
     return run_check(name, fn, reference_lr_at, _lr_at_cases(), points, atol=1e-12, rtol=1e-9, call=_call_lr_at,
-                     what="base_lr * mrcnn_lite.engine.lr_factor (schedule='cosine')")
+                     what="base_lr * mrcnn_lite.engine.lr_factor (schedule='cosine')",
+                     off_limits=(lr_factor,))

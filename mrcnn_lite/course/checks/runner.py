@@ -158,7 +158,9 @@ def compare(expected, got, atol: float = 1e-6, rtol: float = 1e-5, exact: bool =
 
 
 # ----------------------------------------------------------------------------------------------
-# The engine every checker uses
+# The engine every checker uses: a check is a spec; the learner's side produces outputs, the
+# reference's side judges them. In a notebook both happen here; the autograder runs them in two
+# processes (see mrcnn_lite.course.grade), so that the learner's code never touches the judging.
 # ----------------------------------------------------------------------------------------------
 def _clone(inputs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in inputs.items()}
@@ -180,6 +182,156 @@ def _record(result: CheckResult, verbose: bool) -> CheckResult:
     return result
 
 
+def _default_call(f: Callable, inputs: Dict[str, Any]) -> Any:
+    return f(*inputs.values())
+
+
+@dataclass
+class CheckSpec:
+    """Everything a check needs except the learner's function: how to make the cases, call, compare.
+
+    ``kind`` is ``"cases"`` (:func:`run_parts`) or ``"prediction"`` (:func:`check_prediction`).
+    ``cases`` is a generator: each side of a check takes its own spec, so each makes its own cases.
+    """
+
+    kind: str
+    name: str
+    points: float
+    reference: Optional[Callable] = None
+    cases: Any = None
+    parts: Sequence[Tuple[str, float, Optional[Callable[[Any], Any]]]] = ()
+    atol: float = 1e-6
+    rtol: float = 1e-5
+    exact: bool = False
+    call: Callable = _default_call
+    what: str = ""
+    off_limits: Tuple[Any, ...] = ()
+    actual: Any = None
+    tolerance: float = 0.0
+    choices: Optional[Sequence[str]] = None
+
+
+_CAPTURE: List[List[CheckSpec]] = []
+
+
+def spec_of(checker: Callable, *args, **kwargs) -> CheckSpec:
+    """The :class:`CheckSpec` that ``checker(*args, **kwargs)`` would run, without running anything.
+    The function under test (the first argument) is not looked at; pass ``None``."""
+    _CAPTURE.append([])
+    try:
+        checker(*args, **kwargs)
+    finally:
+        captured = _CAPTURE.pop()
+    if len(captured) != 1:
+        raise ValueError(f"{getattr(checker, '__name__', checker)} ran {len(captured)} checks, expected 1")
+    return captured[0]
+
+
+def _quiet(call: Callable, f: Callable, inputs: Dict[str, Any]) -> Any:
+    # A library's warning is not the learner's business here, and a check cell must not write to
+    # stderr: nbgrader scores such a cell 0.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call(f, inputs)
+
+
+def produce(spec: CheckSpec, fn: Callable) -> List[Dict[str, Any]]:
+    """The learner's side of a check: call ``fn`` on the spec's cases, watched by
+    :mod:`.off_limits`. One entry per case, ``{"status": "ok", "got": ...}`` until the first case
+    that is not ok: ``"todo"`` (NotImplementedError), ``"error"`` (an exception: ``error``, ``where``)
+    or ``"off_limits"`` (``error`` names what was called)."""
+    from . import off_limits
+
+    if spec.kind == "prediction":
+        cases = [("your prediction", {})]
+        call = lambda f, inputs: f()  # noqa: E731
+    else:
+        cases, call = spec.cases, spec.call
+    outcomes: List[Dict[str, Any]] = []
+    for label, inputs in cases:
+        watch = off_limits.Watch(spec.off_limits, harness=(call,))
+        watch.watch_fn(fn)
+        if watch.found:
+            outcomes.append({"status": "off_limits", "error": watch.found[0]})
+            return outcomes
+        try:
+            with watch:
+                got = _quiet(call, fn, _clone(inputs))
+        except NotImplementedError:
+            outcomes.append({"status": "todo"})
+            return outcomes
+        except Exception as exc:  # the learner's bug: report it, never raise from a check cell
+            if watch.found:
+                outcomes.append({"status": "off_limits", "error": watch.found[0]})
+            else:
+                outcomes.append({"status": "error", "error": f"{type(exc).__name__}: {exc}",
+                                 "where": _short_traceback(exc)})
+            return outcomes
+        if watch.found:
+            outcomes.append({"status": "off_limits", "error": watch.found[0]})
+            return outcomes
+        outcomes.append({"status": "ok", "got": got})
+    return outcomes
+
+
+def judge(spec: CheckSpec, outcomes: Sequence[Dict[str, Any]]) -> CheckResult:
+    """The reference's side of a check: the :class:`CheckResult` of ``outcomes`` (from :func:`produce`,
+    possibly in another process) against the reference, on the spec's own cases."""
+    name = spec.name
+    if spec.kind == "prediction":
+        return _judge_prediction(spec, outcomes[0] if outcomes else {"status": "missing"})
+    parts = list(spec.parts)
+    total = float(sum(p for _, p, _ in parts))
+    problems: Dict[int, str] = {}
+    n = 0
+    for label, inputs in spec.cases:
+        n += 1
+        expected = _quiet(spec.call, spec.reference, _clone(inputs))
+        shown_input = "\n".join(f"    {k} = {fmt(v)}" for k, v in inputs.items())
+        outcome = outcomes[n - 1] if n <= len(outcomes) else {"status": "missing"}
+        status = outcome.get("status")
+        if status == "todo":
+            return CheckResult(
+                name, False, 0, total,
+                f"TODO  {name} (0/{total:g} points): not implemented yet -- replace the "
+                f"`raise NotImplementedError` with your code, run that cell, then this one.", implemented=False)
+        if status == "off_limits":
+            return CheckResult(
+                name, False, 0, total,
+                f"FAIL  {name} (0/{total:g} points): your code called {outcome['error']}, which this "
+                f"exercise asks you to write yourself (case '{label}')")
+        if status == "error":
+            return CheckResult(
+                name, False, 0, total,
+                f"FAIL  {name} (0/{total:g} points): raised {outcome['error']} "
+                f"on case '{label}'{outcome.get('where', '')}\n  input:\n{shown_input}\n"
+                f"  expected: {fmt(expected)}")
+        if status != "ok":
+            return CheckResult(name, False, 0, total,
+                               f"FAIL  {name} (0/{total:g} points): no output came back for case '{label}'")
+        got = outcome["got"]
+        for i, (part, _, select) in enumerate(parts):
+            if i in problems:
+                continue
+            e, g = (expected, got) if select is None else (select(expected), _select(select, got))
+            problem = compare(e, g, atol=spec.atol, rtol=spec.rtol, exact=spec.exact)
+            if problem:
+                problems[i] = (f"wrong {part + ' ' if part else ''}result on case '{label}'\n"
+                               f"  input:\n{shown_input}\n  expected: {fmt(e)}\n  got:      {fmt(g)}\n  {problem}")
+        if len(problems) == len(parts):
+            break
+    earned = float(sum(p for i, (_, p, _) in enumerate(parts) if i not in problems))
+    if not problems:
+        return CheckResult(name, True, total, total,
+                           f"PASS  {name} ({total:g}/{total:g} points): matches {spec.what or 'the reference'} "
+                           f"on {n} cases")
+    lines = [f"FAIL  {name} ({earned:g}/{total:g} points): " + problems[min(problems)]]
+    if len(parts) > 1:
+        lines += [f"  part '{part}' ({p:g} points): {'FAIL' if i in problems else 'PASS'}"
+                  for i, (part, p, _) in enumerate(parts)]
+    return CheckResult(name, False, earned, total, "\n".join(lines))
+
+
 def run_check(
     name: str,
     fn: Callable,
@@ -192,6 +344,7 @@ def run_check(
     call: Optional[Callable[[Callable, Dict[str, Any]], Any]] = None,
     what: str = "",
     verbose: bool = True,
+    off_limits: Sequence[Any] = (),
 ) -> CheckResult:
     """Run ``fn`` and ``reference`` on every case; PASS if all outputs match.
 
@@ -204,9 +357,11 @@ def run_check(
         atol, rtol, exact: how outputs are compared (see :func:`compare`).
         call: how to call a function on a case; default ``f(*inputs.values())``.
         what: a few words about what was compared, for the PASS line.
+        off_limits: what ``fn`` must not call (the reference is always off limits): functions, classes,
+            or ``"module:qualname"`` strings for modules that may not be loaded (torchvision's ops).
     """
     return run_parts(name, fn, reference, cases, [("", points, None)], atol=atol, rtol=rtol, exact=exact,
-                     call=call, what=what, verbose=verbose)
+                     call=call, what=what, verbose=verbose, off_limits=off_limits)
 
 
 def run_parts(
@@ -221,6 +376,7 @@ def run_parts(
     call: Optional[Callable[[Callable, Dict[str, Any]], Any]] = None,
     what: str = "",
     verbose: bool = True,
+    off_limits: Sequence[Any] = (),
 ) -> CheckResult:
     """Like :func:`run_check`, but the output is graded in parts, each worth its own points.
 
@@ -228,56 +384,21 @@ def run_parts(
     the whole output). A part fails at its first case that differs; the result's points are the sum of
     the parts that pass on every case. A lab with two planted bugs gives partial credit this way.
     """
-    plain_call = call or (lambda f, inputs: f(*inputs.values()))
-
-    def call(f, inputs):
-        # A library's warning is not the learner's business here, and a check cell must not write to
-        # stderr: nbgrader scores such a cell 0.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return plain_call(f, inputs)
-
     total = float(sum(p for _, p, _ in parts))
-    problems: Dict[int, str] = {}
-    n = 0
-    for label, inputs in cases:
-        n += 1
-        expected = call(reference, _clone(inputs))
-        shown_input = "\n".join(f"    {k} = {fmt(v)}" for k, v in inputs.items())
-        try:
-            got = call(fn, _clone(inputs))
-        except NotImplementedError:
-            return _record(CheckResult(
-                name, False, 0, total,
-                f"TODO  {name} (0/{total:g} points): not implemented yet -- replace the "
-                f"`raise NotImplementedError` with your code, run that cell, then this one.",
-                implemented=False), verbose)
-        except Exception as exc:  # the learner's bug: report it, never raise from a check cell
-            return _record(CheckResult(
-                name, False, 0, total,
-                f"FAIL  {name} (0/{total:g} points): raised {type(exc).__name__}: {exc} "
-                f"on case '{label}'{_short_traceback(exc)}\n  input:\n{shown_input}\n"
-                f"  expected: {fmt(expected)}"), verbose)
-        for i, (part, _, select) in enumerate(parts):
-            if i in problems:
-                continue
-            e, g = (expected, got) if select is None else (select(expected), _select(select, got))
-            problem = compare(e, g, atol=atol, rtol=rtol, exact=exact)
-            if problem:
-                problems[i] = (f"wrong {part + ' ' if part else ''}result on case '{label}'\n"
-                               f"  input:\n{shown_input}\n  expected: {fmt(e)}\n  got:      {fmt(g)}\n  {problem}")
-        if len(problems) == len(parts):
-            break
-    earned = float(sum(p for i, (_, p, _) in enumerate(parts) if i not in problems))
-    if not problems:
-        return _record(CheckResult(
-            name, True, total, total,
-            f"PASS  {name} ({total:g}/{total:g} points): matches {what or 'the reference'} on {n} cases"), verbose)
-    lines = [f"FAIL  {name} ({earned:g}/{total:g} points): " + problems[min(problems)]]
-    if len(parts) > 1:
-        lines += [f"  part '{part}' ({p:g} points): {'FAIL' if i in problems else 'PASS'}"
-                  for i, (part, p, _) in enumerate(parts)]
-    return _record(CheckResult(name, False, earned, total, "\n".join(lines)), verbose)
+
+    def make_spec():
+        return CheckSpec("cases", name, total, reference=reference, cases=cases, parts=tuple(parts), atol=atol,
+                         rtol=rtol, exact=exact, call=call or _default_call, what=what,
+                         off_limits=(reference, *off_limits))
+
+    if _CAPTURE:
+        _CAPTURE[-1].append(make_spec())
+        return CheckResult(name, False, 0, total, "not run: the spec was captured")
+    cases = list(cases)  # one list, walked by both sides
+    spec = make_spec()
+    spec.cases = cases
+    outcomes = produce(spec, fn)
+    return _record(judge(spec, outcomes), verbose)
 
 
 def _select(select: Callable[[Any], Any], got: Any) -> Any:
@@ -294,32 +415,46 @@ def check_prediction(prediction: Callable[[], Any], actual: Any, points: float =
     """A predict-then-run question: ``prediction()`` returns the learner's answer, written before the cell
     that computes ``actual`` was run. A number must be within ``tolerance`` of ``actual``; a choice (a
     string, one of ``choices``) must equal it, case and surrounding spaces ignored."""
-    try:
-        answer = prediction()
-    except NotImplementedError:
-        return _record(CheckResult(name, False, 0, points,
-                                   f"TODO  {name} (0/{points:g} points): write your prediction first -- replace "
-                                   f"the `raise NotImplementedError` with your answer.", implemented=False), True)
-    except Exception as exc:
-        return _record(CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your prediction "
-                                   f"raised {type(exc).__name__}: {exc}"), True)
+    spec = CheckSpec("prediction", name, float(points), actual=actual, tolerance=tolerance,
+                     choices=tuple(choices) if choices is not None else None)
+    if _CAPTURE:
+        _CAPTURE[-1].append(spec)
+        return CheckResult(name, False, 0, points, "not run: the spec was captured")
+    return _record(judge(spec, produce(spec, prediction)), True)
+
+
+def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
+    name, points, actual, choices = spec.name, spec.points, spec.actual, spec.choices
+    status = outcome.get("status")
+    if status == "todo":
+        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): write your prediction "
+                           f"first -- replace the `raise NotImplementedError` with your answer.", implemented=False)
+    if status == "off_limits":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your prediction "
+                           f"called {outcome['error']}")
+    if status == "error":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your prediction "
+                           f"raised {outcome['error']}")
+    if status != "ok":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
+    answer = outcome["got"]
     if choices is not None:
         norm = str(answer).strip().lower()
         if norm not in [c.lower() for c in choices]:
-            return _record(CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer one of "
-                                       f"{list(choices)}, got {answer!r}"), True)
+            return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer one of "
+                               f"{list(choices)}, got {answer!r}")
         right = norm == str(actual).strip().lower()
     else:
         try:
-            right = abs(float(answer) - float(actual)) <= tolerance
+            right = abs(float(answer) - float(actual)) <= spec.tolerance
         except (TypeError, ValueError):
-            return _record(CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): the answer "
-                                       f"must be a number, got {answer!r}"), True)
+            return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): the answer "
+                               f"must be a number, got {answer!r}")
     if right:
-        return _record(CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
-                                   f"you predicted {answer!r}; the run gives {actual!r}"), True)
-    return _record(CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): you predicted "
-                               f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?"), True)
+        return CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
+                           f"you predicted {answer!r}; the run gives {actual!r}")
+    return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): you predicted "
+                       f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?")
 
 
 # ----------------------------------------------------------------------------------------------
