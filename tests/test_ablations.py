@@ -9,7 +9,7 @@ import mrcnn_lite as ml
 from mrcnn_lite import ops
 from mrcnn_lite.__main__ import main
 from mrcnn_lite.data import ShapesDataset
-from mrcnn_lite.engine.trainer import collate
+from mrcnn_lite.data import collate_fn
 from mrcnn_lite.experiments import ablations as A
 from mrcnn_lite.experiments import variants as V
 from mrcnn_lite.model.mask_head import project_masks_on_boxes
@@ -18,7 +18,7 @@ from mrcnn_lite.model.mask_head import project_masks_on_boxes
 @pytest.fixture(scope="module")
 def batch():
     ds = ShapesDataset(2, seed=3)
-    return collate([ds[0], ds[1]])
+    return collate_fn([ds[0], ds[1]])
 
 
 def _losses(model, batch, intermediates=False):

@@ -45,15 +45,15 @@ def load_lab_case() -> Dict[str, object]:
 
 def make_lab_case(steps: int = 300, seed: int = 0) -> Dict[str, object]:
     """Train the tiny model for ``steps`` steps of 4 images, then record one held-out image's tensors."""
-    from .. import build_model, config
-    from ..data import ShapesDataset
-    from ..engine.trainer import collate
+    from .. import config
+    from ..build import build_model
+    from ..data import ShapesDataset, collate_fn
 
     torch.manual_seed(seed)
     model = build_model(config.tiny(num_classes=4, norm="bn", box_batch_size_per_image=64, min_size=192,
                                     max_size=192))
     data = ShapesDataset(steps * 4, seed=seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=collate_fn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     model.train()
     for step, (images, targets) in enumerate(loader):

@@ -9,8 +9,8 @@ from .coco_eval import coco_from_targets, coco_summary, detections_to_coco, eval
 from .metrics import plot_losses
 from .train_config import TrainConfig, lr_factor
 from .train_step import NonFiniteLossError, train_step
-from .trainer import Trainer, collate
+from .trainer import Trainer
 
-__all__ = ["Trainer", "train_step", "TrainConfig", "NonFiniteLossError", "collate", "lr_factor", "plot_losses",
+__all__ = ["Trainer", "train_step", "TrainConfig", "NonFiniteLossError", "lr_factor", "plot_losses",
            "save_checkpoint", "read_checkpoint", "load_checkpoint", "evaluate", "coco_from_targets", "coco_summary",
            "detections_to_coco"]

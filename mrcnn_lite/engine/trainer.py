@@ -44,8 +44,6 @@ from .resume import resume_from
 from .train_config import TrainConfig, lr_factor
 from .train_step import NonFiniteLossError, first_non_finite, train_step
 
-# ``engine.collate`` is ``data.collate_fn``: one collate function for the whole package.
-collate = collate_fn
 
 
 def _is_dist() -> bool:
