@@ -1,10 +1,10 @@
-"""Packaging hook: the wheel carries the trained course model.
+"""Packaging hook: the wheel carries the course's shipped data.
 
-The course checkpoint lives in the repository at ``data/checkpoints/tiny_shapes.pt`` (``data/README.md`` says
-how it is made). A wheel holds only the package folder, so building one copies that file into it as
-``mrcnn_lite/checkpoints/tiny_shapes.pt``; ``ml.load_course_model()`` falls back to that copy when the
-repository's is not there (a learner who installed the wheel on a JupyterHub). Everything else about the
-package is in ``pyproject.toml``.
+The trained course model (``data/checkpoints/tiny_shapes.pt``, ``data/README.md`` says how it is made), the
+shapes mini set and the nucleus tiles live in the repository's ``data/``. A wheel holds only the package folder,
+so building one copies them into it as ``mrcnn_lite/course_data/`` (the list is ``SHIPPED`` in
+``mrcnn_lite/course_data.py``); the package reads that copy when the repository's is not there (a learner who
+installed the wheel on a JupyterHub). Everything else about the package is in ``pyproject.toml``.
 """
 import shutil
 from pathlib import Path
@@ -12,8 +12,9 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-CHECKPOINT = Path("data") / "checkpoints" / "tiny_shapes.pt"
-PACKAGED = Path("mrcnn_lite") / "checkpoints" / "tiny_shapes.pt"
+# The same list as mrcnn_lite/course_data.py's SHIPPED (setup.py runs before the package can be imported).
+SHIPPED = ("checkpoints/tiny_shapes.pt", "shapes-mini", "dsb2018-nuclei")
+PACKAGED = Path("mrcnn_lite") / "course_data"
 
 
 class BuildPyWithCheckpoint(build_py):
@@ -21,17 +22,22 @@ class BuildPyWithCheckpoint(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return  # an editable install reads the repository's data/ directly
-        src = Path(__file__).resolve().parent / CHECKPOINT
-        if not src.is_file():
-            raise FileNotFoundError(f"{src}: the course checkpoint must be in the repository to build the wheel")
-        dst = Path(self.build_lib) / PACKAGED
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        for relative in SHIPPED:
+            src = Path(__file__).resolve().parent / "data" / relative
+            if not src.exists():
+                raise FileNotFoundError(f"{src}: the course's shipped data must be in the repository to build the wheel")
+            dst = Path(self.build_lib) / PACKAGED / relative
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(src, dst)
 
     def get_outputs(self, include_bytecode=True):
         outputs = super().get_outputs(include_bytecode)
         if not getattr(self, "editable_mode", False):
-            outputs.append(str(Path(self.build_lib) / PACKAGED))
+            root = Path(self.build_lib) / PACKAGED
+            outputs.extend(str(f) for f in root.rglob("*") if f.is_file())
         return outputs
 
 

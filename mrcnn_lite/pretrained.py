@@ -23,13 +23,11 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .course_data import course_data
 from .engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
-# The repository's copy (``data/`` sits beside the package folder in a clone or an editable install); an
-# installed wheel carries its own copy inside the package (setup.py puts it there).
-REPOSITORY_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "tiny_shapes.pt"
-PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_shapes.pt"
-COURSE_CHECKPOINT = REPOSITORY_CHECKPOINT if REPOSITORY_CHECKPOINT.is_file() else PACKAGED_CHECKPOINT
+# The repository's data/checkpoints/tiny_shapes.pt, or the installed wheel's copy (course_data.py).
+COURSE_CHECKPOINT = course_data("checkpoints/tiny_shapes.pt")
 # Marks a file written by ``export_checkpoint`` (a training checkpoint has no "format" key).
 FORMAT = "mrcnn_lite inference checkpoint v1"
 

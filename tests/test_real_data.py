@@ -12,7 +12,7 @@ from PIL import Image
 
 from mrcnn_lite.data import CocoInstances, masks_to_boxes
 from mrcnn_lite.data import real
-from mrcnn_lite.data.coco import _segmentation_to_mask
+from mrcnn_lite.data import segmentation_to_mask
 
 ROOT = real.NUCLEI_ROOT
 
@@ -91,7 +91,7 @@ def _stitch():
                 image[win] = np.array(pil)
             for a in d["annotations"]:
                 if a["image_id"] == im["id"]:
-                    m = _segmentation_to_mask(a["segmentation"], 128, 128, a["id"]).astype(bool)
+                    m = segmentation_to_mask(a["segmentation"], 128, 128, f"annotation {a['id']}").astype(bool)
                     assert not ids_map[win][m].any()
                     ids_map[win][m] = a["source_label"]
     return image, ids_map

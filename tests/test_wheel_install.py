@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from mrcnn_lite.course_data import SHIPPED
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "09_mask_rcnn.ipynb"
 
@@ -54,8 +56,12 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "mrcnn_lite", src / "mrcnn_lite", ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "data" / "checkpoints").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "checkpoints" / "tiny_shapes.pt", src / "data" / "checkpoints" / "tiny_shapes.pt")
+    for relative in SHIPPED:
+        (src / "data" / relative).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / "data" / relative).is_dir():
+            shutil.copytree(ROOT / "data" / relative, src / "data" / relative)
+        else:
+            shutil.copy(ROOT / "data" / relative, src / "data" / relative)
     dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src],
          env=_clean_env())
@@ -64,14 +70,18 @@ def wheel(tmp_path_factory):
     return wheels[0]
 
 
-def test_wheel_carries_the_course_model(wheel):
+def test_wheel_carries_the_course_data(wheel):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "mrcnn_lite/checkpoints/tiny_shapes.pt" in names
     assert "mrcnn_lite/course/data/lab_case.pt" in names
-    info = zipfile.ZipFile(wheel).getinfo("mrcnn_lite/checkpoints/tiny_shapes.pt")
-    assert info.file_size == (ROOT / "data" / "checkpoints" / "tiny_shapes.pt").stat().st_size
+    for relative in SHIPPED:  # every shipped file, byte for byte the repository's size
+        files = [f for f in (ROOT / "data" / relative).rglob("*") if f.is_file()] if (ROOT / "data" / relative).is_dir() \
+            else [ROOT / "data" / relative]
+        for f in files:
+            packaged = "mrcnn_lite/course_data/" + f.relative_to(ROOT / "data").as_posix()
+            assert packaged in names, packaged
+            assert zipfile.ZipFile(wheel).getinfo(packaged).file_size == f.stat().st_size, packaged
     assert not [n for n in names if n.startswith(("data/", "notebooks/", "tests/"))]
 
 
@@ -127,9 +137,16 @@ def test_fresh_venv_installs_the_wheel_and_predicts(wheel, tmp_path):
         "            same = out['labels'][keep] == target['labels'][g]\n"
         "            hits += bool(((iou[g] >= 0.5) & same).any()) if keep.any() else 0\n"
         "        assert out['masks'].shape[1:] == (1, *image.shape[1:])\n"
-        "print(json.dumps({'file': ml.__file__, 'checkpoint': str(COURSE_CHECKPOINT), 'hits': hits, 'total': total}))\n")
+        "from mrcnn_lite.data import CocoInstances, nuclei\n"
+        "from mrcnn_lite.course_data import course_data\n"
+        "mini = course_data('shapes-mini') / 'val'\n"
+        "n_mini = len(CocoInstances(mini / 'images', mini / 'annotations.json'))\n"
+        "print(json.dumps({'file': ml.__file__, 'checkpoint': str(COURSE_CHECKPOINT), 'hits': hits, 'total': total,\n"
+        "                  'mini': n_mini, 'nuclei': len(nuclei('val'))}))\n")
     result = json.loads(_run([python, predict.name], cwd=outside, env=_clean_env()).stdout.strip().splitlines()[-1])
     assert Path(result["file"]).resolve().is_relative_to(site.resolve()), result  # from the wheel, not the repository
     assert Path(result["checkpoint"]).resolve().is_relative_to(site.resolve()), result
     # The trained model finds most shapes of held-out images (its held-out AP50 is about 0.93).
     assert result["total"] >= 4 and result["hits"] >= 0.75 * result["total"], result
+    # The data the notebooks read from the repository's data/ come with the wheel too (notebooks 00, 12, 15).
+    assert result["mini"] == 32 and result["nuclei"] == 4, result

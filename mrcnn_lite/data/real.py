@@ -51,12 +51,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..course_data import course_data
 from .coco import CocoInstances
 from .segmentation import mask_to_rle
 from .shapes import masks_to_boxes
 
-# Where the shipped derivative lives in the repository (the same place load_course_model looks).
-NUCLEI_ROOT = Path(__file__).resolve().parent.parent.parent / "data" / "dsb2018-nuclei"
+# The shipped derivative: the repository's data/dsb2018-nuclei, or the installed wheel's copy (course_data.py).
+NUCLEI_ROOT = course_data("dsb2018-nuclei")
 TILE = 128       # tile side in pixels: the course model's training images are 128x128
 MIN_AREA = 20    # a nucleus part inside a tile smaller than this (pixels) is dropped
 GRID = 4         # 512 / 128 tiles per side
