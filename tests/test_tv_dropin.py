@@ -8,6 +8,7 @@ comparison with torchvision is in float64 with the tolerance ``TOL``.
 import inspect
 import math
 import os
+import urllib.error
 from functools import partial
 
 import pytest
@@ -181,15 +182,21 @@ def test_weights_state_dict_and_path_give_torchvision_detections(tv_coco_layout,
         ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), num_classes=3)
 
 
-def test_weights_enum_reads_only_the_local_cache(tv_coco_layout, tmp_path, monkeypatch):
-    """torchvision's weights enum (or its name) is looked up in the torch hub cache and never downloaded."""
+def test_weights_enum_reads_the_torch_hub_cache(tv_coco_layout, tmp_path, monkeypatch):
+    """torchvision's weights enum (or its name) is read from the torch hub cache; a file not there is
+    downloaded, and offline that fails naming it (tests/test_weights_download.py covers the download)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
     coco_v1 = torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1
     for weights in (coco_v1, "DEFAULT", "COCO_V1"):
-        with pytest.raises(FileNotFoundError, match=COCO_V1_FILE):
+        with pytest.raises(ml.data.penn_fudan.DownloadError, match=COCO_V1_FILE):
             ml.maskrcnn_resnet50_fpn(weights=weights)
     cached = tmp_path / "hub" / "checkpoints" / COCO_V1_FILE
-    cached.parent.mkdir(parents=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)  # torch.hub made it before downloading
     torch.save(tv_coco_layout.state_dict(), cached)
     model = ml.maskrcnn_resnet50_fpn(weights=coco_v1, progress=False)
     assert model.roi_heads.box_predictor.cls_score.out_features == 91
