@@ -13,6 +13,7 @@ model conversion live in ``torchvision_compat.py``.
 """
 from . import config, detection, ops
 from .build import build_model
+from .downloads import DownloadError
 from .torchvision_compat import from_torchvision, maskrcnn_resnet50_fpn
 
 __version__ = "0.1.0"

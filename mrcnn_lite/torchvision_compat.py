@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from . import config as _config
 from .build import build_model
-from .data.penn_fudan import DownloadError
+from .downloads import DownloadError
 from .model.mask_rcnn import MaskRCNN
 from .model.roi_heads import RoIHeads as _RoIHeads
 

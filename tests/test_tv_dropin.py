@@ -193,7 +193,7 @@ def test_weights_enum_reads_the_torch_hub_cache(tv_coco_layout, tmp_path, monkey
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     coco_v1 = torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1
     for weights in (coco_v1, "DEFAULT", "COCO_V1"):
-        with pytest.raises(ml.data.penn_fudan.DownloadError, match=COCO_V1_FILE):
+        with pytest.raises(ml.DownloadError, match=COCO_V1_FILE):
             ml.maskrcnn_resnet50_fpn(weights=weights)
     cached = tmp_path / "hub" / "checkpoints" / COCO_V1_FILE
     cached.parent.mkdir(parents=True, exist_ok=True)  # torch.hub made it before downloading

@@ -33,7 +33,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn as tv_maskrcnn_re
 
 import mrcnn_lite as ml
 from mrcnn_lite import torchvision_compat
-from mrcnn_lite.data.penn_fudan import DownloadError
+from mrcnn_lite import DownloadError
 
 COCO_V1 = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
 COCO_V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"  # the file name of torchvision's COCO_V1 URL

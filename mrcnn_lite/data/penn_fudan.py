@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..downloads import DownloadError
 from .images import ImageReadError, read_rgb
 from .shapes import image_to_tensor, masks_to_boxes
 
@@ -93,10 +94,6 @@ PENN_FUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 PENN_FUDAN_IMAGES = 170  # images (and masks) in the published archive
 ARCHIVE_NAME = "PennFudanPed.zip"
 FOLDER_NAME = "PennFudanPed"
-
-
-class DownloadError(OSError):
-    """The archive could not be fetched; the message is one line naming the file to place and where."""
 
 
 def download_penn_fudan(root="data", url: str = PENN_FUDAN_URL, *, expected_images=PENN_FUDAN_IMAGES,
