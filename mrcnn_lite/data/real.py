@@ -51,7 +51,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .coco import CocoInstances, mask_to_rle
+from .coco import CocoInstances
+from .segmentation import mask_to_rle
 from .shapes import masks_to_boxes
 
 # Where the shipped derivative lives in the repository (the same place load_course_model looks).
