@@ -159,3 +159,96 @@ def test_full_masks_need_no_more_than_the_output(tmp_path):
     assert out["n"] == 50 and out["shape"] == [50, 1, 2000, 3000] and out["output"] == 50 * 6_000_000 * 4
     # the image's normalised copies (2 x 72 MB) and the model's work, besides the output
     assert out["growth"] < out["output"] + 0.25 * GiB
+
+
+# ------------------------------------------------------------------ the predict command
+
+COURSE = ROOT / "data" / "checkpoints" / "tiny_shapes.pt"
+MINI_VAL = ROOT / "data" / "shapes-mini" / "val"
+
+
+@pytest.mark.slow
+def test_predict_writes_coco_results_that_score_as_evaluate_does(tmp_path):
+    """predict's coco_results.json, read by pycocotools' loadRes, gives the AP that ``evaluate`` measures
+    on the same images (same detections; scores and boxes rounded in the JSON, >= 0.5 against > 0.5)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn_lite.__main__ import main
+    from mrcnn_lite.data import CocoInstances
+    from mrcnn_lite.engine import evaluate
+
+    assert main(["predict", "--checkpoint", str(COURSE), str(MINI_VAL / "images"), "--out", str(tmp_path),
+                 "--score-thresh", "0"]) == 0
+    expected = evaluate(ml.load_course_model(), CocoInstances(MINI_VAL / "images", MINI_VAL / "annotations.json"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(MINI_VAL / "annotations.json"))
+        dt = gt.loadRes(str(tmp_path / "coco_results.json"))
+        for kind in ("bbox", "segm"):
+            E = COCOeval(gt, dt, kind)
+            E.evaluate(), E.accumulate(), E.summarize()
+            assert E.stats[0] == pytest.approx(expected[kind]["AP"], abs=0.005), kind
+            assert E.stats[0] > 0.75
+    per_image = json.loads((tmp_path / "detections.json").read_text())
+    assert [r["image_id"] for r in per_image] == sorted(gt.getImgIds())  # 000007.png is image id 7
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_predict_polygons_are_the_rle_masks_in_place(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from mrcnn_lite.__main__ import main
+    images = sorted((MINI_VAL / "images").glob("*.png"))[:3]
+    for fmt in ("rle", "polygon"):
+        assert main(["predict", "--checkpoint", str(COURSE), *map(str, images), "--out", str(tmp_path / fmt),
+                     "--mask-format", fmt]) == 0
+    rle, poly = (json.loads((tmp_path / f / "detections.json").read_text()) for f in ("rle", "polygon"))
+    count = 0
+    for a, b in zip(rle, poly):
+        for da, db in zip(a["detections"], b["detections"]):
+            m = mask_utils.decode(da["mask"])
+            polygon = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(db["mask"], 128, 128)))
+            assert np.array_equal(m, polygon)  # shapes have no holes, which polygons could not express
+            count += 1
+    assert count >= 5
+
+
+def test_predict_keeps_the_old_results_when_a_run_fails_midway(tmp_path, monkeypatch):
+    from mrcnn_lite.__main__ import main
+    from mrcnn_lite.cli import predict as predict_cli
+    images = [str(p) for p in sorted((MINI_VAL / "images").glob("*.png"))[:3]]
+    assert main(["predict", "--checkpoint", str(COURSE), *images[:1], "--out", str(tmp_path)]) == 0
+    old = {name: (tmp_path / name).read_text() for name in ("detections.json", "coco_results.json")}
+    real, calls = predict_cli.predict_image, []
+
+    def dies_on_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the run
+        return real(*a, **kw)
+
+    monkeypatch.setattr(predict_cli, "predict_image", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(["predict", "--checkpoint", str(COURSE), *images, "--out", str(tmp_path)])
+    assert {name: (tmp_path / name).read_text() for name in old} == old
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_predict_reports_an_image_the_model_refuses_and_goes_on(tmp_path, capsys):
+    from PIL import Image
+
+    from mrcnn_lite.__main__ import main
+    Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(tmp_path / "strip.png")
+    image = MINI_VAL / "images" / "000000.png"
+    rc = main(["predict", "--checkpoint", str(COURSE), str(tmp_path / "strip.png"), str(image),
+               "--out", str(tmp_path / "out")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "strip.png:" in ln)
+    assert line.startswith(f"error: {tmp_path / 'strip.png'}: image 0: a 1x3000 image would be resized")
+    assert "1 of 2 images were refused by the model" in err and "Traceback" not in err
+    (r,) = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert r["image"] == str(image)

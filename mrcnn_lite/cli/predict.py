@@ -56,8 +56,8 @@ def cmd_predict(args) -> int:
     [x, y, w, h], score, segmentation (RLE)}, what pycocotools' loadRes reads). image_id is the file
     name's number when every input is named by a distinct number (COCO's 000000397133.jpg), else the
     image's position in the input order. Images are read and predicted one at a time. Files that
-    cannot be read are reported and skipped; the others are still predicted, and the exit status is
-    then 1.
+    cannot be read, or that the model refuses, are reported in one line each and skipped; the others
+    are still predicted, and the exit status is then 1.
     """
     import torch
 
@@ -72,7 +72,7 @@ def cmd_predict(args) -> int:
     names = class_names(args.checkpoint, model.cfg.num_classes)
     mapping = label_to_category(args.checkpoint, model.cfg.num_classes)
     image_ids = _image_ids(files)
-    used, failed, done = set(), [], 0
+    used, failed, refused, done = set(), [], [], 0
     with _json_list(args.out / "detections.json") as per_image, _json_list(args.out / "coco_results.json") as coco:
         for path, image_id in zip(files, image_ids):
             try:
@@ -82,7 +82,12 @@ def cmd_predict(args) -> int:
                 failed.append(path)
                 print(f"error: {one_line(e)}", file=sys.stderr)
                 continue
-            out = predict_image(model, image.to(device), args.score_thresh)
+            try:
+                out = predict_image(model, image.to(device), args.score_thresh)
+            except ValueError as e:  # the model's entrance refuses it (e.g. a 1x5000 strip)
+                refused.append(path)
+                print(f"error: {path}: {one_line(e)}", file=sys.stderr)
+                continue
             dets = _detections(out, args.mask_format, names, mapping, image.shape[1:])
             stem = path.stem
             while stem in used:  # two inputs with the same name from different folders
@@ -100,11 +105,11 @@ def cmd_predict(args) -> int:
             done += 1
             print(f"{path}: {len(dets)} detections -> {overlay}")
     print(f"wrote {args.out / 'detections.json'} and {args.out / 'coco_results.json'} ({done} of {len(files)} images)")
-    if failed:
-        print(f"error: {len(failed)} of {len(files)} images could not be read: "
-              + ", ".join(str(p) for p in failed), file=sys.stderr)
-        return 1
-    return 0
+    for bad, what in ((failed, "could not be read"), (refused, "were refused by the model")):
+        if bad:
+            print(f"error: {len(bad)} of {len(files)} images {what}: " + ", ".join(str(p) for p in bad),
+                  file=sys.stderr)
+    return 1 if failed or refused else 0
 
 
 def predict_image(model, image, score_thresh: float) -> dict:
