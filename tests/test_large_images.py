@@ -81,14 +81,13 @@ def test_paste_masks_cropped_equals_paste_masks_in_image_at_any_threshold(thresh
         paste_masks_cropped(masks, boxes, (100, 120), 0.0)
 
 
-def test_mask_format_is_checked(model):
-    model.transform.mask_format = "rle"
-    try:
-        with pytest.raises(ValueError, match="mask_format must be 'full' or 'compact', got 'rle'"):
-            with torch.no_grad():
-                model([_upsampled(0, 64, 64)])
-    finally:
-        model.transform.mask_format = "full"
+def test_mask_format_and_threshold_are_checked_when_set(model):
+    with pytest.raises(ValueError, match="mask_format must be 'full' or 'compact', got 'rle'"):
+        model.transform.mask_format = "rle"
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="mask_threshold must be in"):
+            model.transform.mask_threshold = bad
+    assert (model.transform.mask_format, model.transform.mask_threshold) == ("full", 0.5)
 
 
 def _run(code: str) -> dict:

@@ -208,6 +208,27 @@ class GeneralizedRCNNTransform(nn.Module):
         self.mask_format = "full"
         self.mask_threshold = 0.5
 
+    @property
+    def mask_format(self) -> str:
+        return self._mask_format
+
+    @mask_format.setter
+    def mask_format(self, value: str) -> None:
+        # checked when set, so a typo fails before a forward pass, not after it
+        if value not in ("full", "compact"):
+            raise ValueError(f"mask_format must be 'full' or 'compact', got {value!r}")
+        self._mask_format = value
+
+    @property
+    def mask_threshold(self) -> float:
+        return self._mask_threshold
+
+    @mask_threshold.setter
+    def mask_threshold(self, value: float) -> None:
+        if not 0 < value <= 1:
+            raise ValueError(f"mask_threshold must be in (0, 1], got {value!r}")
+        self._mask_threshold = float(value)
+
     def forward(
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
     ) -> Tuple[ImageList, Optional[List[Dict[str, Tensor]]]]:
