@@ -129,7 +129,7 @@ def test_predict_on_a_6000x4000_photo_with_50_detections_fits_4_gib(tmp_path):
         image = F.interpolate(image[None], size=(4000, 6000), mode="bilinear")[0].clamp(0, 1)
         model.transform.mask_format = "compact"
         out = predict_image(model, image, 0.0)
-        dets = _detections(out, "rle", ["bg", "circle", "square", "triangle"], [0, 1, 2, 3], image.shape[1:])
+        dets = _detections(out, "rle", ["bg", "circle", "square", "triangle"], [0, 1, 2, 3])
         _write_overlay(Path({str(tmp_path)!r}) / "photo.png", image, out, ["bg", "circle", "square", "triangle"])
         pixels = sum(int(c.sum()) for c in out["mask_crops"])
         print(json.dumps({{"n": len(dets), "pixels": pixels, "peak_rss": status("VmHWM"),

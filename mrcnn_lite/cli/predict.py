@@ -59,8 +59,6 @@ def cmd_predict(args) -> int:
     cannot be read, or that the model refuses, are reported in one line each and skipped; the others
     are still predicted, and the exit status is then 1.
     """
-    import torch
-
     from ..data import image_to_tensor, read_rgb
 
     use_agg()
@@ -88,7 +86,7 @@ def cmd_predict(args) -> int:
                 refused.append(path)
                 print(f"error: {path}: {one_line(e)}", file=sys.stderr)
                 continue
-            dets = _detections(out, args.mask_format, names, mapping, image.shape[1:])
+            dets = _detections(out, args.mask_format, names, mapping)
             stem = path.stem
             while stem in used:  # two inputs with the same name from different folders
                 stem += "_"
@@ -172,7 +170,7 @@ def _json_list(path: Path):
             os.unlink(tmp)
 
 
-def _detections(out: dict, mask_format: str, names: list, mapping: list, size) -> list:
+def _detections(out: dict, mask_format: str, names: list, mapping: list) -> list:
     """One image's detections (``predict_image``'s output) as JSON-ready dicts: box, label, category id,
     label name, score, mask (``mask_format``: ``"rle"`` or ``"polygon"``)."""
     import numpy as np
