@@ -9,7 +9,8 @@ Mask R-CNN takes a *list* of images of any size. Before the backbone sees them, 
    ``size_divisible`` (32: the coarsest FPN level has stride 32, so every level lines up).
 
 After the heads, ``postprocess`` maps boxes back to each original image and pastes the 28x28 mask
-probabilities into full-size masks (``paste_masks_in_image``). Targets are copied, never modified in place.
+probabilities into full-size masks (``paste_masks_in_image``), or, for camera-sized images, keeps each
+mask thresholded and cropped to its box (``mask_format = "compact"``, ``paste_masks_cropped``). Targets are copied, never modified in place.
 The inputs were checked at the model's entrance (``inputs.py``).
 
 Same arithmetic as torchvision's ``GeneralizedRCNNTransform`` (the tests prove equality).
