@@ -247,12 +247,13 @@ def test_bbox_sticking_out_is_clipped_with_a_warning(tmp_path):
     assert ds[0][1]["boxes"].tolist() == [[25, 15, 30, 20]]
 
 
-def test_bbox_disagreeing_with_its_mask_warns_naming_the_annotation(tmp_path):
+def test_bbox_disagreeing_with_its_mask_is_recomputed_from_the_mask_with_a_warning(tmp_path):
     img_dir, path = write_coco(tmp_path, [ann(3, bbox=(20, 10, 5, 5))])  # mask at x 2..6, y 3..8
     ds = CocoInstances(img_dir, path)
-    with pytest.warns(UserWarning, match=r"annotation id 3 \(image id 1\): bbox .* IoU 0.00 < 0.5"):
+    with pytest.warns(UserWarning, match=r"annotation id 3 \(image id 1\): bbox .* IoU 0.00 < 0.5; the box "
+                                         r"is recomputed from the mask"):
         _, t = ds[0]
-    assert t["boxes"].tolist() == [[20, 10, 25, 15]]  # used as given
+    assert t["boxes"].tolist() == [[2, 3, 6, 8]]  # the mask's tight box
 
 
 def test_agreeing_bbox_and_mask_do_not_warn(tmp_path):

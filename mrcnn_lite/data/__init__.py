@@ -21,12 +21,13 @@ from .images import ImageReadError, read_rgb
 from .item import detection_item, image_to_tensor, masks_to_boxes
 from .penn_fudan import DownloadError, PennFudan, download_penn_fudan
 from .real import nuclei
-from .segmentation import check_segmentation, mask_to_polygons, mask_to_rle, segmentation_to_mask
+from .segmentation import check_segmentation, crop_to_rle, mask_to_polygons, mask_to_rle, segmentation_to_mask
 from .shapes import CLASSES, ShapesDataset
 from .transforms import Compose, RandomHorizontalFlip, collate_fn, hflip
 
 __all__ = [
-    "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "download_penn_fudan", "DownloadError", "nuclei", "export_coco", "mask_to_rle",
-    "mask_to_polygons", "masks_to_boxes", "check_segmentation", "segmentation_to_mask", "read_rgb",
+    "CLASSES", "ShapesDataset", "CocoInstances", "PennFudan", "download_penn_fudan", "DownloadError", "nuclei",
+    "export_coco", "mask_to_rle", "mask_to_polygons", "crop_to_rle", "masks_to_boxes", "check_segmentation",
+    "segmentation_to_mask", "read_rgb",
     "ImageReadError", "image_to_tensor", "detection_item", "collate_fn", "Compose", "RandomHorizontalFlip", "hflip",
 ]

@@ -41,8 +41,9 @@ class CocoInstances(torch.utils.data.Dataset):
             scripts do: a crowd region is one mask over many objects, not an object to learn).
             Evaluation does not need them in the targets: ``engine.evaluate`` scores against the
             file's own annotations, where pycocotools treats crowds as "ignore".
-        drop_degenerate: drop annotations whose bbox has width or height <= 0 (counted in
-            ``self.num_dropped``) instead of raising ValueError.
+        drop_degenerate: drop annotations whose bbox has no width or height (<= 0, or 0 once in
+            float32 and clipped to the image), with a warning listing their ids (counted in
+            ``self.num_dropped``), instead of raising ValueError.
 
     ``ds[i]`` returns ``(image, target)`` with
         image: (3, H, W) float32 RGB in [0, 1] (EXIF orientation applied, 16-bit images scaled);
@@ -72,8 +73,12 @@ class CocoInstances(torch.utils.data.Dataset):
 
     Boxes that do not fit the data: a bbox entirely outside its image is refused (ValueError at
     load time); one sticking out of the image by more than a pixel is clipped to the image with a
-    warning. When an annotation's mask is not empty but its tight box overlaps the bbox with an IoU
-    below 0.5, a warning names the annotation when the image is read; the bbox is used as given.
+    warning. A bbox whose width or height is positive in the file but 0 in float32 (x = 1e6, w = 0.01)
+    or once clipped to the image is degenerate like w = 0 (ValueError, or dropped with a warning
+    naming the annotation ids under ``drop_degenerate=True``; ``self.dropped_ids``). A bbox that
+    contradicts its mask is repaired when the image is read, with a warning naming the annotation:
+    a non-empty mask whose tight box overlaps the bbox with IoU < 0.5 replaces the bbox by that
+    tight box; an empty mask drops the annotation from the target.
     """
 
     def __init__(self, images_dir, annotation_json, transforms=None, skip_crowd: bool = True,
@@ -100,11 +105,21 @@ class CocoInstances(torch.utils.data.Dataset):
         self.dataset = data  # the raw dict, as pycocotools calls it
         src = self.annotation_json.name
 
+        # The categories define the model's labels and names: without them a class that happens to have
+        # no annotation in this file would silently get no label, and the names would be numbers.
+        cats = data.get("categories")
+        if not isinstance(cats, list) or not cats:
+            found = "has no 'categories'" if cats is None else f"has 'categories' = {str(cats)[:60]}"
+            raise ValueError(f"{self.annotation_json} {found}; a COCO instances file needs a non-empty "
+                             f"list like [{{\"id\": 1, \"name\": \"cat\"}}, ...]")
         self.categories = {}
-        for c in data.get("categories") or []:
+        for c in cats:
             cid = c.get("id") if isinstance(c, dict) else None
             if not _is_int(cid) or cid < 0:
                 raise ValueError(f"{src}: category {str(c)[:80]} needs an integer 'id'")
+            if not isinstance(c.get("name"), str) or not c["name"].strip():
+                raise ValueError(f"{src}: category id {cid} needs a 'name' (a non-empty string), "
+                                 f"got {c.get('name')!r}")
             if cid == 0:
                 raise ValueError(f"{src}: category id 0 ({c.get('name')!r}) is declared, but label 0 "
                                  f"is the background; number categories from 1")
@@ -131,7 +146,8 @@ class CocoInstances(torch.utils.data.Dataset):
 
         self.anns_by_image = {im["id"]: [] for im in self.images}
         self.num_dropped = 0
-        seen, used, clipped = set(), set(), []
+        self.dropped_ids = set()
+        seen, clipped = set(), []
         for k, ann in _objects(data, "annotations", src):
             ann_id = ann.get("id")
             if not _is_int(ann_id) or ann_id < 1:
@@ -151,7 +167,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 raise ValueError(f"{where}: category_id must be an integer, got {cat!r}")
             if cat <= 0:
                 raise ValueError(f"{where}: category_id {cat} is not allowed (0 is the background)")
-            if self.categories and cat not in self.categories:
+            if cat not in self.categories:
                 raise ValueError(f"{where}: category_id {cat} is not declared in 'categories' "
                                  f"(declared: {sorted(self.categories)[:20]})")
             bbox = ann.get("bbox")
@@ -159,17 +175,19 @@ class CocoInstances(torch.utils.data.Dataset):
                 raise ValueError(f"{where}: bbox must be [x, y, w, h] (4 numbers), got {bbox}")
             if not all(math.isfinite(v) for v in bbox):
                 raise ValueError(f"{where}: bbox {bbox} has a non-finite number")
-            if not (bbox[2] > 0 and bbox[3] > 0):
+            info = self.image_by_id[image_id]
+            problem = _degenerate(bbox, info.get("height"), info.get("width"))
+            if problem:
                 if drop_degenerate:
                     self.num_dropped += 1
+                    self.dropped_ids.add(ann_id)
                     continue
-                raise ValueError(f"annotation id {ann_id}: bbox {bbox} has non-positive "
-                                 f"width or height")
+                raise ValueError(f"annotation id {ann_id}: bbox {bbox} {problem} (drop_degenerate=True "
+                                 f"drops such boxes with a warning)")
             if ann.get("iscrowd", 0) not in (0, 1):
                 raise ValueError(f"{where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
             if "segmentation" not in ann:
                 raise ValueError(f"annotation id {ann_id} has no segmentation")
-            info = self.image_by_id[image_id]
             if "height" in info and "width" in info:
                 H, W = info["height"], info["width"]
                 check_segmentation(ann["segmentation"], H, W, where)
@@ -180,14 +198,18 @@ class CocoInstances(torch.utils.data.Dataset):
                     clipped.append(ann_id)
             if skip_crowd and ann.get("iscrowd", 0):
                 continue
-            used.add(cat)
             self.anns_by_image[image_id].append(ann)
+        if self.dropped_ids:
+            ids = sorted(self.dropped_ids)
+            warnings.warn(f"{self.annotation_json}: dropped {len(ids)} annotations whose bbox has no width or "
+                          f"height in float32 after clipping to the image (annotation ids {ids[:10]}{' ...' if len(ids) > 10 else ''})",
+                          stacklevel=2)
         if clipped:
             warnings.warn(f"{self.annotation_json}: {len(clipped)} bboxes stick out of their image by "
                           f"more than a pixel and are clipped to it (annotation ids "
                           f"{clipped[:10]}{' ...' if len(clipped) > 10 else ''})", stacklevel=2)
 
-        ids = sorted(self.categories) if self.categories else sorted(used)
+        ids = sorted(self.categories)
         if ids and ids[-1] > MAX_DIRECT_CATEGORY_ID:
             self.label_to_category = [0] + ids           # label k -> the k-th smallest category id
         else:
@@ -216,7 +238,7 @@ class CocoInstances(torch.utils.data.Dataset):
             import io
             anns = [a if "area" in a and "iscrowd" in a else
                     {"area": float(a["bbox"][2] * a["bbox"][3]), "iscrowd": 0, **a}
-                    for a in self.dataset["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+                    for a in self.dataset["annotations"] if a["id"] not in self.dropped_ids]
             coco = COCO()
             coco.dataset = {**self.dataset, "annotations": anns}
             with contextlib.redirect_stdout(io.StringIO()):  # it prints "creating index..."
@@ -264,7 +286,9 @@ class CocoInstances(torch.utils.data.Dataset):
             masks[j] = segmentation_to_mask(ann["segmentation"], H, W, where)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, W)  # clipped like torchvision's references do
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
-        _warn_if_box_disagrees_with_mask(boxes, masks, anns, info["id"])
+        keep = _reconcile_boxes_with_masks(boxes, masks, anns, info["id"])
+        if not keep.all():
+            boxes, masks, anns = boxes[keep], masks[keep], [a for a, k in zip(anns, keep) if k]
         return detection_item(image_u8, boxes, [self.category_to_label[a["category_id"]] for a in anns], masks,
                               info["id"], area=[float(a.get("area", 0.0)) for a in anns],
                               iscrowd=[int(a.get("iscrowd", 0)) for a in anns], transforms=self.transforms)
@@ -301,6 +325,27 @@ def _check_file_name(name, where: str) -> None:
                          f"(no absolute path, no '..')")
 
 
+def _degenerate(bbox, height, width) -> str:
+    """Why COCO ``bbox [x, y, w, h]`` gives the model a box without area, or "" when it does not.
+
+    The check is made on the box the model gets: x1y1x2y2 in float32 (``__getitem__``), clipped to the
+    image when its size is known. A width of 0.01 at x = 1e6, or of 1e-9 at x = 0.5, is positive in the
+    file (float64) and 0 in float32; a box from x = 99.99999999 in a 100-px-wide image is clipped to
+    nothing. Such a box has no pixels to learn from and breaks the box encoding (log of 0 width).
+    """
+    x, y, w, h = bbox
+    if not (w > 0 and h > 0):
+        return "has non-positive width or height"
+    x1, y1, x2, y2 = np.array([x, y, x + w, y + h], dtype=np.float32)
+    if height and width and x < width and y < height and x + w > 0 and y + h > 0:  # (outside: refused later)
+        x1, x2 = np.clip([x1, x2], 0, width)
+        y1, y2 = np.clip([y1, y2], 0, height)
+    if not (x2 > x1 and y2 > y1):
+        return (f"has a positive width and height that vanish in float32, the model's precision "
+                f"(x1y1x2y2 = {[float(v) for v in (x1, y1, x2, y2)]} after clipping to the image)")
+    return ""
+
+
 def _exif_rotated(path) -> bool:
     try:
         with Image.open(path) as im:
@@ -309,23 +354,42 @@ def _exif_rotated(path) -> bool:
         return False
 
 
-def _warn_if_box_disagrees_with_mask(boxes: np.ndarray, masks: np.ndarray, anns, image_id) -> None:
-    """Warn (once per annotation) when a non-empty mask's tight box overlaps the bbox with IoU < 0.5.
+def _reconcile_boxes_with_masks(boxes: np.ndarray, masks: np.ndarray, anns, image_id) -> np.ndarray:
+    """Repair, with a warning naming the annotation, a bbox that contradicts its own mask.
 
-    boxes: (n, 4) x1y1x2y2 clipped to the image; masks: (n, H, W) uint8.
+    boxes: (n, 4) x1y1x2y2 clipped to the image (changed in place); masks: (n, H, W) uint8.
+    Returns ``keep`` (n,) bool.
+
+    * The mask is not empty but its tight box overlaps the bbox with IoU < 0.5 (e.g. every mask pixel
+      outside the box): the box is recomputed from the mask. The mask is the finer annotation (COCO's
+      bboxes are derived from the masks), and Mask R-CNN crops its mask targets with boxes matched to
+      this one: a box beside its mask would teach the mask head an empty mask.
+    * The mask is empty (a polygon that covers no pixel centre, an all-zero RLE): the annotation is
+      dropped from the training target; its mask target would say "no object here" over the box.
     """
     tight = masks_to_boxes(masks)
+    keep = np.ones(len(anns), dtype=bool)
     for j, ann in enumerate(anns):
+        where = f"annotation id {ann['id']} (image id {image_id})"
+        a = [round(float(v), 1) for v in boxes[j]]
         if not masks[j].any():
-            continue  # an empty mask (a box-only annotation) has no box of its own to compare
-        a, b = boxes[j], tight[j]
-        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = iw * ih
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        iou = inter / union if union > 0 else 0.0
+            keep[j] = False
+            warnings.warn(f"{where}: its mask is empty while its bbox {a} (x1y1x2y2) is not; the "
+                          f"annotation is dropped (no mask to learn)", stacklevel=3)
+            continue
+        iou = _iou(boxes[j], tight[j])
         if iou < 0.5:
-            warnings.warn(f"annotation id {ann['id']} (image id {image_id}): bbox "
-                          f"{[round(float(v), 1) for v in a]} and its mask's box "
-                          f"{[float(v) for v in b]} (x1y1x2y2) overlap with IoU {iou:.2f} < 0.5; "
-                          f"the bbox is used as given", stacklevel=3)
+            warnings.warn(f"{where}: bbox {a} and its mask's box {[float(v) for v in tight[j]]} (x1y1x2y2) "
+                          f"overlap with IoU {iou:.2f} < 0.5; the box is recomputed from the mask",
+                          stacklevel=3)
+            boxes[j] = tight[j]
+    return keep
+
+
+def _iou(a, b) -> float:
+    """IoU of two x1y1x2y2 boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0

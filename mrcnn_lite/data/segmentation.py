@@ -22,6 +22,41 @@ def mask_to_rle(mask) -> dict:
     return rle
 
 
+def crop_to_rle(crop, x0: int, y0: int, height: int, width: int) -> dict:
+    """COCO RLE (as :func:`mask_to_rle`) of a ``height x width`` mask that is 0 except for ``crop``.
+
+    crop: (h, w) binary, its top-left at pixel (x0, y0), inside the image (``model.transform.mask_format
+    = "compact"`` gives such crops). Only the columns the crop spans are built: RLE runs go down each
+    column in turn (column-major), so the columns left and right of the crop are one run of zeros each.
+    """
+    crop = np.asarray(crop, dtype=bool)
+    h, w = crop.shape
+    if w == 0 or h == 0:
+        return _rle_from_runs([height * width], height, width)   # an empty mask: one run of zeros
+    if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
+        raise ValueError(f"a {h}x{w} crop at ({x0}, {y0}) does not fit a {height}x{width} (HxW) image")
+    columns = np.zeros((height, w), dtype=bool)
+    columns[y0: y0 + h] = crop
+    flat = columns.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)       # RLE starts with a run of zeros, possibly empty
+    runs[0] += x0 * height      # the all-zero columns left of the crop
+    after = (width - x0 - w) * height
+    if len(runs) % 2:           # the last run is zeros: the columns right of the crop extend it
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    return _rle_from_runs(runs, height, width)
+
+
+def _rle_from_runs(runs: list, height: int, width: int) -> dict:
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def mask_to_polygons(mask) -> list:
     """(H, W) binary mask -> list of polygons ``[[x1, y1, x2, y2, ...], ...]`` along pixel edges.
 

@@ -5,9 +5,17 @@ reported here, naming the image or target and the field, instead of as an error 
 
     images:  a list of B tensors ``(3, H, W)``, floating point of the model's dtype, on its device,
              values in [0, 1] (so no NaN or infinity), big enough to keep a pixel per side after resizing
-    targets: (training) a list of B dicts: ``boxes (n, 4)`` float x1y1x2y2, finite, x1 < x2 and y1 < y2;
+    targets: (training) a list of B dicts: ``boxes (n, 4)`` float x1y1x2y2, finite, x1 < x2 and y1 < y2,
+             overlapping the image and within one image size of it (see below);
              ``labels (n,)`` int64 in [1, num_classes); ``masks (n, H, W)`` of the image's size holding only
              0 and 1 (uint8, bool or float); ``n = 0`` is allowed (an image without objects)
+
+Boxes and the image: a target box must overlap its image (x1 < W, y1 < H, x2 > 0, y2 > 0) and lie
+within one image size of it (-W <= x1, -H <= y1, x2 <= 2W, y2 <= 2H, in the image's own pixels, before
+resizing). torchvision does not check this; we do because such a box trains silently wrong: a box
+outside the image matches no anchor and crops an all-zero mask target, and one that reaches far out
+gives regression targets (log of the size ratio) and losses far from anything the model can output.
+Boxes that stick out a little (rounding, augmentation) are fine; loaders clip them.
 
 Which error: a wrong Python type or tensor dtype is a ``TypeError``; a wrong shape, size, device or
 value a ``ValueError``. Masks of 0/255 or images of 0-255 are refused (not rescaled): the message says how
@@ -69,8 +77,8 @@ def check_inputs(images: Any, targets: Any, num_classes: int, training: bool, mi
     # One read of the data for the whole batch (a host-device sync on a GPU); the search for the
     # culprit, for a precise message, only when something is wrong.
     problems = [~((img >= 0) & (img <= 1)).all() for img in images]
-    for t in targets or []:
-        problems.append(_bad_values(t, num_classes, need_masks).to(device))
+    for img, t in zip(images, targets or []):
+        problems.append(_bad_values(t, num_classes, need_masks, img.shape[-2:]).to(device))
     if bool(torch.stack(problems).any()):
         _raise_first_problem(images, targets, num_classes, need_masks)
 
@@ -113,10 +121,21 @@ def _check_target_structure(images, targets, num_classes: int, need_masks: bool)
                 )
 
 
-def _bad_values(t: dict, num_classes: int, need_masks: bool) -> Tensor:
-    """A 0-dim bool: does some box, label or mask value of target ``t`` break the contract?"""
+def _outside(boxes: Tensor, size) -> Tensor:
+    """(n,) bool: which ``boxes (n, 4)`` x1y1x2y2 miss an image of ``size (H, W)`` or reach more than one
+    image size beyond it."""
+    H, W = float(size[0]), float(size[1])
+    x1, y1, x2, y2 = boxes.unbind(1)
+    misses = (x1 >= W) | (y1 >= H) | (x2 <= 0) | (y2 <= 0)
+    too_far = (x1 < -W) | (y1 < -H) | (x2 > 2 * W) | (y2 > 2 * H)
+    return misses | too_far
+
+
+def _bad_values(t: dict, num_classes: int, need_masks: bool, size) -> Tensor:
+    """A 0-dim bool: does some box, label or mask value of target ``t`` (image of ``size (H, W)``)
+    break the contract?"""
     boxes, labels = t["boxes"], t["labels"]
-    bad = (~torch.isfinite(boxes).all() | (boxes[:, 2:] <= boxes[:, :2]).any()
+    bad = (~torch.isfinite(boxes).all() | (boxes[:, 2:] <= boxes[:, :2]).any() | _outside(boxes, size).any()
            | ((labels < 1) | (labels >= num_classes)).any())
     if need_masks:
         masks = t["masks"]
@@ -133,7 +152,7 @@ def _raise_first_problem(images, targets, num_classes: int, need_masks: bool) ->
         if lo < 0 or hi > 1:
             hint = ": divide 8-bit images by 255" if hi > 1 else ""
             raise ValueError(f"image {i}: pixel values must lie in [0, 1], got [{lo:g}, {hi:g}]{hint}")
-    for i, t in enumerate(targets or []):
+    for i, (img, t) in enumerate(zip(images, targets or [])):
         boxes, labels = t["boxes"], t["labels"]
         if not bool(torch.isfinite(boxes).all()):
             j = int(torch.where(~torch.isfinite(boxes).all(dim=1))[0][0])
@@ -143,6 +162,15 @@ def _raise_first_problem(images, targets, num_classes: int, need_masks: bool) ->
             j = int(torch.where(degenerate)[0][0])
             raise ValueError(
                 f"target {i}: box {j} {boxes[j].tolist()} must have positive width and height (x1 < x2, y1 < y2)"
+            )
+        outside = _outside(boxes, img.shape[-2:])
+        if bool(outside.any()):
+            j = int(torch.where(outside)[0][0])
+            H, W = img.shape[-2:]
+            raise ValueError(
+                f"target {i}: box {j} {boxes[j].tolist()} (x1y1x2y2) does not fit image {i} of {W}x{H} (WxH): "
+                f"a box must overlap its image and lie within one image size of it; are the boxes in "
+                f"another image's pixels, normalised, or [x, y, w, h]?"
             )
         bad = (labels < 1) | (labels >= num_classes)
         if bool(bad.any()):

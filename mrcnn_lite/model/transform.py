@@ -9,7 +9,8 @@ Mask R-CNN takes a *list* of images of any size. Before the backbone sees them, 
    ``size_divisible`` (32: the coarsest FPN level has stride 32, so every level lines up).
 
 After the heads, ``postprocess`` maps boxes back to each original image and pastes the 28x28 mask
-probabilities into full-size masks (``paste_masks_in_image``). Targets are copied, never modified in place.
+probabilities into full-size masks (``paste_masks_in_image``), or, for camera-sized images, keeps each
+mask thresholded and cropped to its box (``mask_format = "compact"``, ``paste_masks_cropped``). Targets are copied, never modified in place.
 The inputs were checked at the model's entrance (``inputs.py``).
 
 Same arithmetic as torchvision's ``GeneralizedRCNNTransform`` (the tests prove equality).
@@ -95,26 +96,71 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Tuple[int, int
     2. round the grown box to integers (truncation, as ``.to(torch.int64)``): x0, y0, x1, y1;
     3. resize the padded mask bilinearly (``align_corners=False``) to ``(y1 - y0 + 1, x1 - x0 + 1)``
        and put its top-left at pixel (x0, y0), one mask at a time.
+
+    Memory: the output is allocated once and each mask is written straight into it, so the peak is the
+    output plus one box-sized mask (torchvision pastes each mask onto its own full-size canvas and
+    stacks them: twice the output). For camera-sized images use :func:`paste_masks_cropped`.
     """
     im_h, im_w = int(img_shape[0]), int(img_shape[1])
-    N = masks.shape[0]
-    if N == 0:
-        return masks.new_zeros((0, 1, im_h, im_w))
+    out = masks.new_zeros((masks.shape[0], 1, im_h, im_w))
+    for i, (x0, y0, crop) in enumerate(_pasted_crops(masks, boxes, im_h, im_w, padding)):
+        out[i, 0, y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]] = crop
+    return out
+
+
+def paste_masks_cropped(masks: Tensor, boxes: Tensor, img_shape: Tuple[int, int], threshold: float = 0.5,
+                        padding: int = 1) -> Tuple[List[Tensor], Tensor]:
+    """The binary masks of :func:`paste_masks_in_image`, each kept only over the pixels it was pasted into.
+
+    masks: (N, 1, M, M) probabilities; boxes: (N, 4) x1y1x2y2 in the image of size ``img_shape (H, W)``;
+    threshold: a pixel is in the mask when its pasted probability is ``>= threshold`` (0 < threshold <= 1).
+
+    Returns ``(crops, origins)``: ``crops`` a list of N bool tensors ``(h_i, w_i)``, ``origins`` (N, 2)
+    int64 ``(x0, y0)``, the image pixel of each crop's top-left. Outside its crop a pasted mask is 0,
+    so ``crops_to_masks(crops, origins, img_shape)`` equals ``paste_masks_in_image(...)[:, 0] >= threshold``
+    exactly. Memory: N box-sized bool crops instead of N full-size float masks (a 6000x4000 photo with
+    50 detections: a few MB instead of 4.8 GB).
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}: below it the zeros around each crop "
+                         f"would count as mask pixels")
+    im_h, im_w = int(img_shape[0]), int(img_shape[1])
+    crops, origins = [], []
+    for x0, y0, crop in _pasted_crops(masks, boxes, im_h, im_w, padding):
+        crops.append(crop >= threshold)
+        origins.append((x0, y0))
+    return crops, torch.tensor(origins, dtype=torch.int64, device=boxes.device).reshape(-1, 2)
+
+
+def crops_to_masks(crops: List[Tensor], origins: Tensor, img_shape: Tuple[int, int]) -> Tensor:
+    """Full-size ``(N, H, W)`` bool masks from :func:`paste_masks_cropped`'s ``crops`` and ``origins (N, 2)``."""
+    im_h, im_w = int(img_shape[0]), int(img_shape[1])
+    out = torch.zeros((len(crops), im_h, im_w), dtype=torch.bool, device=origins.device)
+    for i, (crop, (x0, y0)) in enumerate(zip(crops, origins.tolist())):
+        out[i, y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]] = crop
+    return out
+
+
+def _pasted_crops(masks: Tensor, boxes: Tensor, im_h: int, im_w: int, padding: int):
+    """Yield ``(x0, y0, crop)`` per mask: the part of its resized mask (steps 1-3 of
+    :func:`paste_masks_in_image`) that lies on the ``im_h x im_w`` canvas, with its top-left pixel
+    (``crop`` is (0, 0) when the box misses the canvas)."""
+    if masks.shape[0] == 0:
+        return
     M = masks.shape[-1]
     padded = F.pad(masks, (padding,) * 4)                       # (N, 1, M+2p, M+2p)
     scale = float(M + 2 * padding) / M
     boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)    # integer pixel boxes (truncated)
-    out = padded.new_zeros((N, 1, im_h, im_w))
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         # The part of the box that lies on the canvas (a box may stick out of the image).
-        cx0, cx1 = max(x0, 0), min(x1 + 1, im_w)
-        cy0, cy1 = max(y0, 0), min(y1 + 1, im_h)
+        cx0, cx1 = min(max(x0, 0), im_w), min(x1 + 1, im_w)
+        cy0, cy1 = min(max(y0, 0), im_h), min(y1 + 1, im_h)
         if cx1 <= cx0 or cy1 <= cy0:
+            yield cx0, cy0, padded.new_zeros((0, 0))
             continue
         resized = F.interpolate(padded[i: i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        out[i, 0, cy0:cy1, cx0:cx1] = resized[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
-    return out
+        yield cx0, cy0, resized[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
 
 
 class GeneralizedRCNNTransform(nn.Module):
@@ -128,6 +174,16 @@ class GeneralizedRCNNTransform(nn.Module):
         size_divisible: the padded batch's H and W are multiples of this
         paste_masks: ``paste_masks_in_image`` or a function with its signature (the model's fast floor
                     passes its own)
+
+    How detections' masks come out (attributes, set them on ``model.transform``):
+        mask_format: ``"full"`` (default, torchvision's contract): ``"masks"`` (m, 1, H, W) float
+                    probabilities in [0, 1] at the original image size. ``"compact"``: instead of
+                    ``"masks"``, ``"mask_crops"`` a list of m bool tensors (h_i, w_i), the mask thresholded
+                    at ``mask_threshold`` and cropped to the pixels it was pasted into, and
+                    ``"mask_origins"`` (m, 2) int64 (x0, y0) of each crop's top-left pixel
+                    (``paste_masks_cropped``; ``crops_to_masks`` makes them full-size again). For
+                    camera-sized images: 50 full masks of a 6000x4000 photo take 4.8 GB, their crops a few MB.
+        mask_threshold: ``"compact"`` keeps the pixels with probability >= this (default 0.5).
     """
 
     def __init__(
@@ -148,6 +204,29 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_std = list(image_std)
         self.size_divisible = size_divisible
         self.paste_masks = paste_masks
+        self.mask_format = "full"
+        self.mask_threshold = 0.5
+
+    @property
+    def mask_format(self) -> str:
+        return self._mask_format
+
+    @mask_format.setter
+    def mask_format(self, value: str) -> None:
+        # checked when set, so a typo fails before a forward pass, not after it
+        if value not in ("full", "compact"):
+            raise ValueError(f"mask_format must be 'full' or 'compact', got {value!r}")
+        self._mask_format = value
+
+    @property
+    def mask_threshold(self) -> float:
+        return self._mask_threshold
+
+    @mask_threshold.setter
+    def mask_threshold(self, value: float) -> None:
+        if not 0 < value <= 1:
+            raise ValueError(f"mask_threshold must be in (0, 1], got {value!r}")
+        self._mask_threshold = float(value)
 
     def forward(
         self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
@@ -214,11 +293,12 @@ class GeneralizedRCNNTransform(nn.Module):
         image_shapes: List[Tuple[int, int]],
         original_image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Tensor]]:
-        """``postprocess`` (the function below) with this transform's mask paster; nothing in training mode
-        (there are no detections then)."""
+        """``postprocess`` (the function below) with this transform's mask paster, ``mask_format`` and
+        ``mask_threshold``; nothing in training mode (there are no detections then)."""
         if self.training:
             return result
-        return postprocess(result, image_shapes, original_image_sizes, self.paste_masks)
+        return postprocess(result, image_shapes, original_image_sizes, self.paste_masks,
+                           mask_format=self.mask_format, mask_threshold=self.mask_threshold)
 
     def __repr__(self) -> str:
         return (
@@ -232,15 +312,26 @@ def postprocess(
     image_shapes: List[Tuple[int, int]],
     original_image_sizes: List[Tuple[int, int]],
     paste_masks: Callable[[Tensor, Tensor, Tuple[int, int]], Tensor] = paste_masks_in_image,
+    mask_format: str = "full",
+    mask_threshold: float = 0.5,
 ) -> List[Dict[str, Tensor]]:
     """Map each image's detections from the resized size ``image_shapes[i]`` to ``original_image_sizes[i]``.
 
-    boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become ``(m, 1, H, W)`` soft masks in [0, 1]
-    (``paste_masks``). The dicts of ``result`` are updated and returned.
+    boxes (m, 4) are rescaled; masks (m, 1, 28, 28) become, with ``mask_format="full"``, ``"masks"``
+    (m, 1, H, W) soft masks in [0, 1] (``paste_masks``); with ``"compact"``, ``"mask_crops"`` (list of m
+    bool (h_i, w_i)) and ``"mask_origins"`` (m, 2) int64 x0, y0 (``paste_masks_cropped`` at
+    ``mask_threshold``). The dicts of ``result`` are updated and returned.
     """
+    if mask_format not in ("full", "compact"):
+        raise ValueError(f"mask_format must be 'full' or 'compact', got {mask_format!r}")
     for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
         boxes = resize_boxes(pred["boxes"], im_s, o_im_s)
         result[i]["boxes"] = boxes
-        if "masks" in pred:
+        if "masks" not in pred:
+            continue
+        if mask_format == "full":
             result[i]["masks"] = paste_masks(pred["masks"], boxes, o_im_s)
+        else:
+            crops, origins = paste_masks_cropped(pred.pop("masks"), boxes, o_im_s, mask_threshold)
+            result[i]["mask_crops"], result[i]["mask_origins"] = crops, origins
     return result
