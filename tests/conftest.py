@@ -4,7 +4,11 @@ Test modules never import each other; what two of them need lives here. Fixtures
 plain helpers are imported: ``from conftest import write_coco, ann`` (pytest puts ``tests/`` on the path).
 """
 import json
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +124,41 @@ def ann(id, seg=None, bbox=(2, 3, 4, 5), image_id=1, category_id=1, **kw):
     """One COCO annotation (default segmentation: ``rect_rle()``, which matches the default bbox)."""
     return dict(id=id, image_id=image_id, category_id=category_id, bbox=list(bbox),
                 segmentation=rect_rle() if seg is None else seg, area=20.0, iscrowd=0, **kw)
+
+
+# ------------------------------------------------------------------------------ nbgrader
+
+
+def nbgrader_course_dir(root: Path, course_id: str, cell_timeout: int, timeout: int, config_extra: str = "",
+                        **env_changes):
+    """Make ``root`` a standard nbgrader course folder (its ``nbgrader_config.py``) and return
+    ``nbgrader(*args)``: nbgrader's command line run there by this interpreter, one thread, Agg; it asserts
+    success (showing nbgrader's output) and returns the ``CompletedProcess``.
+
+    cell_timeout: nbgrader's ``Execute.timeout`` per cell; timeout: seconds allowed per nbgrader command.
+    env_changes: set in the commands' environment; ``None`` removes the variable.
+    """
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        f"c.CourseDirectory.course_id = {course_id!r}\n"
+        f"c.Execute.timeout = {cell_timeout}\n" + config_extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    py = sys.executable
+    env["PATH"] = f"{Path(py).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+
+    def nbgrader(*args):
+        proc = subprocess.run([py, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    return nbgrader
 
 
 # ------------------------------------------------------------------------------ threads

@@ -4,6 +4,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torchvision
+from conftest import rel_err
 from torch import nn
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
@@ -23,11 +24,6 @@ from mrcnn_lite.model.backbone import (
 
 TV_RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
               50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b| (b the reference)."""
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
 def tv_r50_fpn_backbone(trainable_layers: int = 3):

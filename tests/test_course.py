@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import nbgrader_course_dir
 from torch import nn
 
 import mrcnn_lite as ml
@@ -623,24 +624,11 @@ def nbgrader_course(tmp_path_factory):
     if not nbgrader_available():
         return None
     root = tmp_path_factory.mktemp("nbgrader_course")
-    (root / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        "c.CourseDirectory.course_id = 'mrcnn_lite'\n"
-        "c.Execute.timeout = 300\n")
+    nbgrader = nbgrader_course_dir(root, "mrcnn_lite", cell_timeout=300, timeout=900, MRCNN_LITE_FULL=None)
     source = root / "source" / "mrcnn"
     source.mkdir(parents=True)
     for name in (PARTIAL, FULL):
         (source / name).write_text((ROOT / "notebooks" / name).read_text())
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
-    env.pop("MRCNN_LITE_FULL", None)
-
-    def nbgrader(*args):
-        proc = subprocess.run([PY, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
-                              timeout=900)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
 
     nbgrader("generate_assignment", "mrcnn", "--force")
     nbgrader("db", "student", "add", "s1")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_detections
 
 import mrcnn_lite as ml
 from mrcnn_lite.__main__ import build_parser, main
@@ -63,10 +64,7 @@ def test_load_course_model_gives_float32_and_the_fp16_rounded_weights_outputs(tr
     images = [ShapesDataset(2, seed=9)[i][0] for i in range(2)]
     with torch.no_grad():
         a, b = ref(images), model(images)
-    assert sum(len(o["boxes"]) for o in a) > 0
-    for oa, ob in zip(a, b):
-        for k in ("boxes", "labels", "scores", "masks"):
-            assert torch.equal(oa[k], ob[k]), k
+    assert_same_detections(a, b)
 
 
 def test_export_measures_heldout_ap_and_refuses_a_training_seed(training_checkpoint, tmp_path):

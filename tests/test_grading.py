@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from conftest import nbgrader_course_dir
 
 import mrcnn_lite as ml
 from mrcnn_lite.course import checks
@@ -333,22 +334,11 @@ def _nbgrader_autograde(root: Path, course: Path, submissions, config_extra: str
 
     from nbgrader.api import Gradebook
 
-    (root / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        "c.CourseDirectory.course_id = 'tiny'\n"
-        "c.Execute.timeout = 120\n" + config_extra)
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    nbgrader = nbgrader_course_dir(root, "tiny", cell_timeout=120, timeout=600, config_extra=config_extra,
+                                   PYTHONPATH=pythonpath)
     (root / "source" / "a").mkdir(parents=True)
     (root / "source" / "a" / NB).write_text((course / NB).read_text())
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader runs the venv's `alembic`
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-
-    def nbgrader(*args):
-        proc = subprocess.run([PY, "-m", "nbgrader", *args], cwd=root, capture_output=True, text=True, env=env,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
 
     nbgrader("generate_assignment", "a", "--force")
     released = nbformat.read(str(root / "release" / "a" / NB), as_version=4)

@@ -4,26 +4,15 @@ and ``"fast"``), losses, empty targets, bad inputs, intermediates.
 The R-50 comparisons run at a small image size with fewer proposals/detections to stay fast on a CPU;
 the architecture and every code path are the full model's.
 """
-from functools import partial
-
 import pytest
 import torch
-from torchvision.models import resnet50
-from torchvision.models.detection import MaskRCNN as TVMaskRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
+from conftest import TV_SMALL, tv_r50_coco_layout
 
 import mrcnn_lite as ml
 from mrcnn_lite.fast import fold_frozen_bn
 from mrcnn_lite.torchvision_compat import config_from_torchvision
 from mrcnn_lite.model.mask_rcnn import MaskRCNN
 
-SMALL = dict(
-    min_size=128, max_size=192,
-    rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-    box_batch_size_per_image=64, box_detections_per_img=8,
-)
 TOL = 1e-6
 
 
@@ -38,13 +27,8 @@ def _target(h, w, boxes, labels, dtype=torch.float64):
 
 @pytest.fixture(scope="module")
 def r50():
-    """torchvision's COCO-v1 layout (ResNet-50, FrozenBatchNorm2d eps 0), random weights, float64."""
-    torch.manual_seed(0)
-    body = resnet50(norm_layer=partial(FrozenBatchNorm2d, eps=0.0))
-    tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, **SMALL)
-    with torch.no_grad():  # random weights give near-uniform class scores: sharpen them to get detections
-        tv.roi_heads.box_predictor.cls_score.weight.mul_(50)
-    tv = tv.double().eval()
+    """torchvision's COCO-v1 layout (``tv_r50_coco_layout``), two images and its detections on them."""
+    tv = tv_r50_coco_layout()
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 120, 160, generator=g, dtype=torch.float64),
               torch.rand(3, 150, 100, generator=g, dtype=torch.float64)]
@@ -86,7 +70,7 @@ def test_from_torchvision_same_detections(r50, converted):
 @pytest.mark.parametrize("floor", ["reference", "fast"])
 def test_load_state_dict_same_detections(r50, floor):
     tv, images, expected = r50
-    model = ml.build_model(ml.config.r50_fpn(91, kernels=floor, **SMALL))  # COCO v1 layout: FrozenBN, eps 0
+    model = ml.build_model(ml.config.r50_fpn(91, kernels=floor, **TV_SMALL))  # COCO v1 layout: FrozenBN, eps 0
     # the 307 keys of torchvision's COCO v1 checkpoint (FrozenBatchNorm2d: no num_batches_tracked)
     assert len(model.state_dict()) == 307 and set(model.state_dict()) == set(tv.state_dict())
     model.load_state_dict(tv.state_dict(), strict=True)

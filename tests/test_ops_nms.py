@@ -68,27 +68,17 @@ def _count(scores: torch.Tensor, kept: torch.Tensor) -> None:
 
 @FLOORS
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nms_matches_torchvision(dtype, floor):
-    for seed in SEEDS:
-        boxes, scores, _ = hard_case(seed, dtype)
-        for thr in THRESHOLDS:
-            ours = floor.nms(boxes, scores, thr)
-            ref = torchvision.ops.nms(boxes, scores, thr)
-            assert ours.dtype == torch.int64
-            assert torch.equal(ours, ref), f"seed {seed} thr {thr}: {ours.tolist()} != {ref.tolist()}"
-            _count(scores, ours)
-
-
-@FLOORS
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_batched_nms_matches_torchvision(dtype, floor):
+@pytest.mark.parametrize("op", ["nms", "batched_nms"])
+def test_nms_matches_torchvision(op, dtype, floor):
+    """``nms(boxes, scores, thr)`` and ``batched_nms(boxes, scores, idxs, thr)`` keep torchvision's indices."""
     for seed in SEEDS:
         boxes, scores, idxs = hard_case(seed, dtype)
+        args = (boxes, scores) if op == "nms" else (boxes, scores, idxs)
         for thr in THRESHOLDS:
-            ours = floor.batched_nms(boxes, scores, idxs, thr)
-            ref = torchvision.ops.batched_nms(boxes, scores, idxs, thr)
+            ours = getattr(floor, op)(*args, thr)
+            ref = getattr(torchvision.ops, op)(*args, thr)
             assert ours.dtype == torch.int64
-            assert torch.equal(ours, ref), f"seed {seed} thr {thr}: {ours.tolist()} != {ref.tolist()}"
+            assert torch.equal(ours, ref), f"{op} seed {seed} thr {thr}: {ours.tolist()} != {ref.tolist()}"
             _count(scores, ours)
 
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import rel_err
 
 torchvision = pytest.importorskip("torchvision")
 import torchvision.ops as tvo  # noqa: E402
@@ -24,11 +25,6 @@ DTYPES = [torch.float32, torch.float64]
 # RoIAlign on both floors: the reference (mrcnn_lite.ops) and the fast one (mrcnn_lite.fast).
 ROI_ALIGNS = pytest.mark.parametrize("roi_align_fn", [roi_align, fast.roi_align], ids=["reference", "fast"])
 TOL = 1e-5
-
-
-def rel_err(a, b):
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) if b.numel() else 0.0
 
 
 def random_case(seed, dtype, scale):

@@ -2,7 +2,7 @@
 trainability, ``from_torchvision`` in training mode, building blocks with torchvision's signatures and
 methods, and our clearer errors where torchvision asserts.
 
-The ResNet-50 models run on small images with few proposals (``SMALL``) to stay fast on a CPU; every
+The ResNet-50 models run on small images with few proposals (``TV_SMALL``) to stay fast on a CPU; every
 comparison with torchvision is in float64 with the tolerance ``TOL``.
 """
 import inspect
@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 import torchvision
+from conftest import TV_SMALL, tv_r50_coco_layout
 from torchvision.models import resnet50
 from torchvision.models.detection import MaskRCNN as TVMaskRCNN
 from torchvision.models.detection import maskrcnn_resnet50_fpn as tv_maskrcnn_resnet50_fpn
@@ -30,12 +31,6 @@ import mrcnn_lite as ml
 from mrcnn_lite import detection
 from mrcnn_lite.model.backbone import FrozenBatchNorm2d
 
-SMALL = dict(
-    min_size=128, max_size=192,
-    rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-    box_batch_size_per_image=64, box_detections_per_img=8,
-)
 TOL = 1e-6
 COCO_V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"  # the file name of torchvision's COCO_V1 URL
 
@@ -79,19 +74,14 @@ def _train_losses(model, images, targets, seed=5):
 @pytest.fixture(scope="module")
 def tv_coco_layout():
     """torchvision's COCO-v1 layout (FrozenBatchNorm2d eps 0, 3 trainable layers), random weights, float64."""
-    torch.manual_seed(0)
-    body = resnet50(norm_layer=partial(TVFrozenBatchNorm2d, eps=0.0))
-    tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, **SMALL)
-    with torch.no_grad():  # random weights give near-uniform class scores: sharpen them to get detections
-        tv.roi_heads.box_predictor.cls_score.weight.mul_(50)
-    return tv.double().eval()
+    return tv_r50_coco_layout()
 
 
 @pytest.fixture(scope="module")
 def tv_no_weights():
     """torchvision's builder without any weights: BatchNorm2d, every layer trainable; float64."""
     torch.manual_seed(0)
-    return tv_maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **SMALL).double()
+    return tv_maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **TV_SMALL).double()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,7 +154,7 @@ def test_weights_state_dict_and_path_give_torchvision_detections(tv_coco_layout,
     images = [torch.rand(3, 120, 160, generator=g, dtype=torch.float64)]
     with torch.no_grad():
         expected = tv(images)
-    model = ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), **SMALL)
+    model = ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), **TV_SMALL)
     assert _norm_layers(model) == {"FrozenBatchNorm2d": 53}
     assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
     assert _trainable(model) == _trainable(tv)
@@ -176,7 +166,7 @@ def test_weights_state_dict_and_path_give_torchvision_detections(tv_coco_layout,
     path = tmp_path / "checkpoint.pth"
     torch.save({"model": tv.state_dict(), "epoch": 3}, path)  # a references/detection-style checkpoint
     for weights in (path, str(path)):
-        from_file = ml.maskrcnn_resnet50_fpn(weights=weights, **SMALL).double()
+        from_file = ml.maskrcnn_resnet50_fpn(weights=weights, **TV_SMALL).double()
         assert all(torch.equal(v, from_file.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="num_classes"):  # torchvision refuses a mismatch too
         ml.maskrcnn_resnet50_fpn(weights=tv.state_dict(), num_classes=3)
@@ -215,7 +205,7 @@ def test_weights_enum_reads_the_torch_hub_cache(tv_coco_layout, tmp_path, monkey
 # ----------------------------------------------------------------------------------------------------
 
 def test_no_weights_same_norm_layers_and_trainable_count_as_torchvision(tv_no_weights):
-    ours = ml.maskrcnn_resnet50_fpn(num_classes=2, **SMALL)
+    ours = ml.maskrcnn_resnet50_fpn(num_classes=2, **TV_SMALL)
     assert _norm_layers(ours) == _norm_layers(tv_no_weights) == {"BatchNorm2d": 53}
     assert _trainable(ours) == _trainable(tv_no_weights) == 43_975_515
     assert set(ours.state_dict()) == set(tv_no_weights.state_dict())  # num_batches_tracked included
@@ -225,7 +215,7 @@ def test_no_weights_training_losses_equal_torchvision(tv_no_weights):
     """Same weights (torchvision's state dict, strict), train mode: BatchNorm2d uses the batch statistics
     in both; the five losses and the updated running statistics agree in float64."""
     tv = tv_no_weights
-    ours = ml.maskrcnn_resnet50_fpn(num_classes=2, **SMALL).double()
+    ours = ml.maskrcnn_resnet50_fpn(num_classes=2, **TV_SMALL).double()
     ours.load_state_dict(tv.state_dict(), strict=True)
     images, targets = _sample(torch.float64)
     ref = _train_losses(tv, images, targets)
@@ -271,7 +261,7 @@ def test_from_torchvision_keeps_batchnorm_and_training_losses(tv_no_weights):
 def test_from_torchvision_keeps_frozen_parameters():
     """Parameters the source froze by hand stay frozen (and trainable ones stay trainable)."""
     torch.manual_seed(0)
-    tv = tv_maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **SMALL)
+    tv = tv_maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **TV_SMALL)
     for p in list(tv.backbone.body.layer1.parameters()) + list(tv.backbone.fpn.inner_blocks.parameters()):
         p.requires_grad_(False)
     ours = ml.from_torchvision(tv)

@@ -17,30 +17,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.boxes import box_dtype
-from ..ops.roi_ops import _pair, boxes_to_rois, roi_align_geometry, roi_align_sample_positions
+from ..ops.roi_ops import (_pair, bilinear_axis, boxes_to_rois, roi_align_geometry,
+                           roi_align_sample_positions)
 
 BoxesArg = Union[Tensor, Sequence[Tensor]]
 
 
-def _bilinear_axis(pos: Tensor, used: Tensor, grid: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """The 1-D half of bilinear interpolation: neighbour indices and weights of each sample.
+def _bilinear_axis_weights(pos: Tensor, used: Tensor, grid: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+    """:func:`~mrcnn_lite.ops.roi_ops.bilinear_axis` (the reference's rules) for a grid of samples, with
+    each weight divided by ``grid`` so that the sum over a bin's samples is their average.
 
-    ``pos (K, B, G)`` -> ``idx (K, B, G, 2)`` (low, high cell) and ``weight (K, B, G, 2)``. Samples
-    outside ``[-1, size]`` or unused get weight 0, and each weight carries ``1 / grid`` so that the
-    sum over samples is the average. Because validity and weights factor per axis, the 2-D weight
-    of corner (y_a, x_b) is just ``wy[a] * wx[b]``.
+    ``pos (K, B, G)``, ``used (K, B, G)`` (False for the padding samples of a smaller adaptive grid),
+    ``grid (K,)`` -> ``idx (K, B, G, 2)`` (low, high cell) and ``weight (K, B, G, 2)``. Because validity and
+    weights factor per axis, the 2-D weight of corner (y_a, x_b) is just ``wy[a] * wx[b]``.
     """
-    valid = (pos >= -1.0) & (pos <= size) & used
-    pos = pos.clamp(min=0)                     # samples in [-1, 0) read the border cell
-    low = pos.floor().long()
-    at_edge = low >= size - 1                  # at the far border both neighbours are the last cell
-    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
-    high = torch.where(at_edge, low, low + 1)
-    pos = torch.where(at_edge, low.to(pos.dtype), pos)
-    frac = pos - low.to(pos.dtype)
-    scale = valid.to(pos.dtype) / grid.clamp(min=1)[:, None, None]
-    weight = torch.stack([(1.0 - frac) * scale, frac * scale], dim=-1)
-    return torch.stack([low, high], dim=-1), weight
+    low, high, w_low, w_high = bilinear_axis(pos, size)
+    scale = used.to(pos.dtype) / grid.clamp(min=1)[:, None, None]
+    return torch.stack([low, high], dim=-1), torch.stack([w_low * scale, w_high * scale], dim=-1)
 
 
 def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float = 1.0,
@@ -92,8 +85,8 @@ def _roi_align_full_precision(input: Tensor, rois: Tensor, output_size: Tuple[in
         gw = int(geo["grid_w"].max().clamp(min=1)) if k else 1
     ys, used_y = roi_align_sample_positions(geo["y_start"], geo["bin_h"], geo["grid_h"], ph_n, gh)
     xs, used_x = roi_align_sample_positions(geo["x_start"], geo["bin_w"], geo["grid_w"], pw_n, gw)
-    iy, wy = _bilinear_axis(ys, used_y, geo["grid_h"], h)  # (K, PH, gh, 2)
-    ix, wx = _bilinear_axis(xs, used_x, geo["grid_w"], w)  # (K, PW, gw, 2)
+    iy, wy = _bilinear_axis_weights(ys, used_y, geo["grid_h"], h)  # (K, PH, gh, 2)
+    ix, wx = _bilinear_axis_weights(xs, used_x, geo["grid_w"], w)  # (K, PW, gw, 2)
 
     # Every output bin is a weighted sum of feature cells: for each bin, all pairs
     # (y-neighbour, x-neighbour) of its samples, E = (2 gh) * (2 gw) cells per bin.

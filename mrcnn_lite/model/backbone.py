@@ -46,6 +46,16 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
 
+def projection_shortcut(
+    in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer
+) -> Optional[nn.Sequential]:
+    """A block's projection shortcut: ``None`` (identity) when the block keeps the shape, else
+    1x1 conv (stride) + norm, ``(N, in_channels, H, W) -> (N, out_channels, H/stride, W/stride)``."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), norm_layer(out_channels))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs and a shortcut (ResNet-18/34).
 
@@ -65,9 +75,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, out_channels)
         self.bn2 = norm_layer(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), norm_layer(out_channels))
+        self.downsample = projection_shortcut(in_channels, out_channels, stride, norm_layer)
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,9 +108,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, out_channels)
         self.bn3 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), norm_layer(out_channels))
+        self.downsample = projection_shortcut(in_channels, out_channels, stride, norm_layer)
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:

@@ -33,7 +33,8 @@ from .boxes import box_dtype
 
 BoxesArg = Union[Tensor, Sequence[Tensor]]
 
-__all__ = ["roi_pool", "roi_align", "boxes_to_rois", "roi_align_geometry", "roi_align_sample_positions"]
+__all__ = ["roi_pool", "roi_align", "boxes_to_rois", "roi_align_geometry", "roi_align_sample_positions",
+           "bilinear_axis"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def roi_align_sample_positions(start: Tensor, bin_size: Tensor, grid: Tensor, n_
     return pos, used
 
 
-def _bilinear_axis(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def bilinear_axis(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The 1-D half of bilinear interpolation, torchvision's rules: sample ``pos (S,)`` along an axis of
     ``size`` cells -> ``low, high (S,)`` int64 neighbour cells and their weights ``w_low, w_high (S,)``.
 
@@ -306,8 +307,8 @@ def roi_align(input: Tensor, boxes: BoxesArg, output_size, spatial_scale: float 
         idx = torch.where((grid[:, 0] == gh) & (grid[:, 1] == gw))[0]         # the RoIs with this grid
         ys, _ = roi_align_sample_positions(geo["y_start"][idx], geo["bin_h"][idx], geo["grid_h"][idx], ph, gh)
         xs, _ = roi_align_sample_positions(geo["x_start"][idx], geo["bin_w"][idx], geo["grid_w"][idx], pw, gw)
-        y0, y1, wy0, wy1 = _bilinear_axis(ys.reshape(len(idx), ph * gh, 1), h)   # (k, PH * gh, 1)
-        x0, x1, wx0, wx1 = _bilinear_axis(xs.reshape(len(idx), 1, pw * gw), w)   # (k, 1, PW * gw)
+        y0, y1, wy0, wy1 = bilinear_axis(ys.reshape(len(idx), ph * gh, 1), h)   # (k, PH * gh, 1)
+        x0, x1, wx0, wx1 = bilinear_axis(xs.reshape(len(idx), 1, pw * gw), w)   # (k, 1, PW * gw)
         b = rois[idx, 0].long()[:, None, None]
 
         def corner(yi: Tensor, xi: Tensor, weight: Tensor) -> Tensor:
