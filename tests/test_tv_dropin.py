@@ -9,7 +9,6 @@ import inspect
 import math
 import os
 import urllib.error
-from functools import partial
 
 import pytest
 import torch
