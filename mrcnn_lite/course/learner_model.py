@@ -64,7 +64,7 @@ from ..ops import BoxCoder
 from ..recipes import TINY_SHAPES_MODEL
 
 __all__ = ["PARTS", "Part", "save_part", "load_parts", "parts_dir", "check_parts", "learner_model",
-           "LearnerBuild", "course_config", "reference_parts", "reference_sample_balanced"]
+           "LearnerBuild", "course_config", "amp_for_this_cpu", "recipe_trainer", "heldout_ap", "reference_parts", "reference_sample_balanced"]
 
 
 @dataclass(frozen=True)
@@ -340,6 +340,21 @@ class LearnerBoxCoder(BoxCoder):
         return torch.stack(per_class, dim=1) if R else rel_codes.new_zeros((0, C, 4))
 
 
+def _autocast(amp: str, device: torch.device):
+    if amp not in ("off", "bf16"):
+        raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def amp_for_this_cpu() -> str:
+    """The course recipe's ``"bf16"`` where oneDNN runs bfloat16 on this CPU, else ``"off"``: without bfloat16
+    instructions, autocast to bfloat16 makes a CPU step several times slower (docs/recipe.md)."""
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return "off"
+
+
 def _generator_of(device: torch.device) -> torch.Generator:
     """The global generator of ``device``: a sampler drawing from it draws what the package's sampler would."""
     if device.type == "cuda":
@@ -472,6 +487,7 @@ class Row:
     yours: bool
     why: str
     timer: Optional[Timed] = None
+    estimated: bool = False  # the time is an estimate (see LearnerBuild.measure)
 
 
 @dataclass
@@ -480,6 +496,7 @@ class LearnerBuild:
 
     model: nn.Module
     rows: List[Row]
+    package_roi_align: Callable = None  # the package's RoIAlign, which LearnerBuild.measure times in its place
     step_seconds: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -491,31 +508,76 @@ class LearnerBuild:
             if r.timer is not None:
                 r.timer.seconds = 0.0
 
-    def measure(self, images: List[Tensor], targets: List[dict], package_model: Optional[nn.Module] = None) -> None:
-        """Time one training step (forward and backward, on copies: the model is left as it was) of the learner's
-        model, and of ``package_model`` if given; each of your parts' own time in that step goes in its row."""
+    def measure(self, images: List[Tensor], targets: List[dict], package_model: Optional[nn.Module] = None,
+                estimate: Sequence[str] = ("roi_align",), amp: str = "off") -> None:
+        """Time one training step (forward and backward) of the learner's model, and of ``package_model`` if given;
+        each of your parts' own time in that step goes in its row. The model is left as it was (weights, buffers,
+        random state). ``amp``: ``"bf16"`` times the step under bfloat16 autocast, as a run with that ``amp`` trains.
+
+        A part in ``estimate`` is not run in the timed step: your ``roi_align_one_box`` is called once per box
+        and channel (tens of thousands of calls, minutes per step on a CPU). The step counts those calls with
+        the package's RoIAlign in its place; the part's cost is then that count times the mean time of 10 calls
+        of your function on a typical box (marked ``~`` in the table).
+        """
         def one_step(model):
             model = copy.deepcopy(model).train()
             start = time.perf_counter()
-            sum(model(images, targets).values()).backward()
+            with _autocast(amp, images[0].device):
+                losses = model(images, targets)
+            sum(losses.values()).backward()
             return time.perf_counter() - start
 
         if package_model is not None:
             self.step_seconds["package"] = one_step(package_model)
-        # The copy shares the timers (a deepcopy of a Timed inside the model is a new Timed): time the model itself.
+        pools = [self.model.roi_heads.box_roi_pool, self.model.roi_heads.mask_roi_pool]
+        swapped = {}
+        counts: Dict[Tuple[Tuple[int, int], int], int] = {}
+        row = self._row("roi_align")
+        if "roi_align" in estimate and row.yours:
+            package_roi_align = self.package_roi_align
+
+            def counting(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+                if sampling_ratio > 0:
+                    key = (_pair(output_size), int(sampling_ratio))
+                    counts[key] = counts.get(key, 0) + rois.shape[0] * input.shape[1]
+                return package_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+            for pool in pools:
+                swapped[pool] = pool.roi_align
+                pool.roi_align = counting
         self.reset_timers()
         model = self.model
         state = copy.deepcopy(model.state_dict())
         was_training = model.training
-        model.train()
         rng = torch.get_rng_state()
-        start = time.perf_counter()
-        sum(model(images, targets).values()).backward()
-        self.step_seconds["yours"] = time.perf_counter() - start
-        torch.set_rng_state(rng)
-        model.zero_grad(set_to_none=True)
-        model.load_state_dict(state)
-        model.train(was_training)
+        try:
+            model.train()
+            start = time.perf_counter()
+            with _autocast(amp, images[0].device):
+                losses = model(images, targets)
+            sum(losses.values()).backward()
+            self.step_seconds["yours"] = time.perf_counter() - start
+        finally:
+            for pool, fn in swapped.items():
+                pool.roi_align = fn
+            torch.set_rng_state(rng)
+            model.zero_grad(set_to_none=True)
+            model.load_state_dict(state)
+            model.train(was_training)
+        if swapped:
+            f = torch.randn(48, 48)
+            total = 0.0
+            for (size, ratio), n in counts.items():
+                start = time.perf_counter()
+                for _ in range(10):
+                    row.timer.fn(f, [20.0, 24.0, 60.0, 52.0], size, 0.25, ratio)
+                total += (time.perf_counter() - start) / 10 * n
+            row.timer.seconds = total
+            row.estimated = True
+            self.step_seconds["yours"] += total
+
+    def _row(self, name: str) -> "Row":
+        return next(r for r in self.rows if r.part.name == name)
 
     def table(self) -> str:
         """The parts table: part, yours / package's, why, and the ms each of your parts took in one measured step."""
@@ -523,12 +585,14 @@ class LearnerBuild:
         lines = [f"{'part':<20} {'nb':<3} {'used':<10} {'ms/step':>8}  why", "-" * 96]
         for r in self.rows:
             used = "yours" if r.yours else "package's"
-            ms = f"{1000 * r.timer.seconds:8.1f}" if (timed and r.timer is not None) else f"{'-':>8}"
+            ms = (f"{'~' if r.estimated else ''}{1000 * r.timer.seconds:.1f}".rjust(8) if (timed and r.timer is not None)
+                  else f"{'-':>8}")
             lines.append(f"{r.part.name:<20} {r.part.notebook:<3} {used:<10} {ms}  {r.why}")
         if timed:
             lines.append("-" * 96)
             pk = self.step_seconds.get("package")
             lines.append(f"one training step (forward + backward): yours {1000 * self.step_seconds['yours']:.0f} ms"
+                         + (" (~: estimated)" if any(r.estimated for r in self.rows) else "")
                          + (f", the package's model {1000 * pk:.0f} ms" if pk is not None else ""))
         return "\n".join(lines)
 
@@ -564,6 +628,7 @@ def learner_model(parts: Mapping[str, Callable], cfg: Optional[_config.MaskRCNNC
         row.yours, row.why, row.timer = False, f"the exercise decodes with (10, 10, 5, 5), the model with {cfg.bbox_reg_weights}", None
 
     k = kernels_for(cfg.kernels)
+    package_roi_align = k.roi_align
     if "roi_align" in use:
         k.roi_align = roi_align_from_one_box(use["roi_align"], fallback=k.roi_align)
     if "nms" in use:
@@ -593,7 +658,7 @@ def learner_model(parts: Mapping[str, Callable], cfg: Optional[_config.MaskRCNNC
     rpn.box_coder = LearnerBoxCoder(rpn.box_coder.weights, encode=use.get("encode"), decode=use.get("decode"))
     if "box_iou" in use:
         rpn.box_similarity = use["box_iou"]
-    return LearnerBuild(model, rows)
+    return LearnerBuild(model, rows, package_roi_align)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,3 +700,47 @@ def reference_parts() -> Dict[str, Callable]:
         "fastrcnn_loss": checks.reference_fastrcnn_loss, "decode_class_boxes": checks.reference_decode_class_boxes,
         "mask_targets": checks.reference_mask_targets, "paste_mask": checks.reference_paste_mask,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Training with the course recipe (notebook 10 and tools/learner_model_bench.py)
+# ----------------------------------------------------------------------------------------------
+HELDOUT = dict(num_images=100, seed=99)  # the course's held-out split (make demo, the shipped model's metrics)
+
+
+def recipe_steps() -> int:
+    """Steps of the whole course recipe: ``TINY_SHAPES_RECIPE``'s images / batch size x epochs."""
+    from ..recipes import TINY_SHAPES_RECIPE as r
+    return -(-r["num_train"] // r["batch_size"]) * r["epochs"]
+
+
+def recipe_trainer(model: nn.Module, out_dir, steps: Optional[int] = None, seed: int = 0, progress: bool = True,
+                   amp: Optional[str] = None):
+    """A ``Trainer`` that trains ``model`` with the course recipe (``TINY_SHAPES_RECIPE``, as
+    ``python -m mrcnn_lite train --config tiny-shapes --seed SEED --num-val 0`` does), for the whole recipe or its
+    first ``steps`` steps' worth of images (then the warmup is at most a tenth of the run and the cosine ends there).
+    ``amp``: the recipe's (``"bf16"``) unless given (``"off"``: faster on a CPU without bfloat16 instructions).
+    ``trainer.fit()`` runs it; no evaluation inside the run."""
+    from ..data import ShapesDataset
+    from ..engine import TrainConfig, Trainer
+    from ..recipes import TINY_SHAPES_RECIPE as r
+
+    total = recipe_steps() if steps is None else int(steps)
+    if total < 1:
+        raise ValueError(f"recipe_trainer: steps must be >= 1, got {steps}")
+    num_train = r["num_train"] if steps is None else total * r["batch_size"]
+    train_set = ShapesDataset(num_train, seed=seed, min_shapes=r["min_shapes"], max_shapes=r["max_shapes"])
+    tcfg = TrainConfig(epochs=r["epochs"] if steps is None else 1, batch_size=r["batch_size"], lr=r["lr"],
+                       optimizer=r["optimizer"], weight_decay=r["weight_decay"],
+                       warmup_iters=r["warmup"] if steps is None else min(r["warmup"], max(1, total // 10)),
+                       amp=r["amp"] if amp is None else amp, eval_every=0, seed=seed, progress=progress)
+    return Trainer(model, train_set, tcfg, out_dir)
+
+
+def heldout_ap(model: nn.Module, num_images: int = HELDOUT["num_images"]) -> Dict[str, float]:
+    """COCO box and mask AP of ``model`` on the course's held-out split, ``ShapesDataset(num_images, seed=99)``."""
+    from ..data import ShapesDataset
+    from ..engine import evaluate
+
+    metrics = evaluate(model.eval(), ShapesDataset(num_images, seed=HELDOUT["seed"]))
+    return {"box_AP": metrics["bbox"]["AP"], "mask_AP": metrics["segm"]["AP"], "mask_AP50": metrics["segm"]["AP50"]}
