@@ -79,6 +79,7 @@ def test_a_wrong_solution_changes_the_losses_and_fails_its_check(batch, package_
     parts = {**lm.reference_parts(), "box_iou": _iou_without_intersection}
     fast = ("roi_align",)  # its loop is slow, and it was proven equal above
     wrong = _train(lambda: lm.learner_model(parts, CFG, check=False, package=fast).model, batch)
+    print("planted IoU bug: max relative difference of the losses:", _max_rel(wrong, package_losses))
     assert _max_rel(wrong, package_losses) > 1e-3
 
     built = lm.learner_model(parts, CFG, package=fast)                    # checked: the package's IoU stands in
