@@ -11,9 +11,12 @@ function is called once per image, class or box where the package works on the w
 
     python tools/learner_model_bench.py [--seed 0] [--steps N] [--package roi_align] [--json FILE] [--txt FILE]
 
+``--amp``: the recipe trains under bfloat16 autocast; where this CPU lacks bfloat16 instructions that is
+several times slower, so the default is ``learner_model.amp_for_this_cpu()`` (both runs the same).
 ``--package``: parts taken from the package (default ``roi_align``: the exercise pools one box from one
 map, so the adapter loops over every box and channel, several seconds per step on a CPU; the bench prints
-its measured cost per step). ``--package ''`` trains every part. ``--steps N`` trains N steps instead of the
+its measured cost per step). ``--package ''`` trains every part; ``--package roi_align,nms`` also takes the package's vectorised NMS (the
+reference solution's greedy loop costs about a second per step). ``--steps N`` trains N steps instead of the
 whole recipe and evaluates on ``--num-heldout`` images: a check of the bench itself, not a result.
 """
 from __future__ import annotations
@@ -32,7 +35,6 @@ import torch
 import mrcnn_lite as ml
 from mrcnn_lite.course import learner_model as lm
 from mrcnn_lite.data import ShapesDataset
-from mrcnn_lite.recipes import TINY_SHAPES_RECIPE as RECIPE
 
 
 def main(argv=None) -> int:
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--package", default="roi_align",
                     help="comma-separated parts taken from the package (default roi_align; '' for none)")
     ap.add_argument("--amp", choices=("bf16", "off"), default=None,
-                    help="autocast of both runs (default: the recipe's, bf16; 'off' on a CPU without bfloat16)")
+                    help="autocast of both runs (default: the recipe's bf16 where this CPU runs bfloat16, else off)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (JSON)")
     ap.add_argument("--txt", type=Path, default=None, help="also write the printed report here")
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     steps = args.steps or lm.recipe_steps()
     cfg = lm.course_config(kernels="fast")  # the package's parts at the speed the course recipe trains them
     log(f"torch={torch.__version__} threads={args.threads} {platform.processor() or platform.machine()} "
-        f"seed={args.seed}; course recipe, amp {args.amp or RECIPE['amp']}, {steps} steps{' (SHORTENED: a check of the bench)' if args.steps else ''}")
+        f"seed={args.seed}; course recipe, amp {args.amp or lm.amp_for_this_cpu()}, {steps} steps{' (SHORTENED: a check of the bench)' if args.steps else ''}")
 
     # Parts table with one measured step (the cost of each learner's part, before the runs).
     batch_set = ShapesDataset(4, seed=args.seed, min_shapes=5, max_shapes=12)
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     targets = [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets]
     everything = lm.learner_model(lm.reference_parts(), cfg)
     torch.manual_seed(args.seed)
-    amp = args.amp or RECIPE["amp"]
+    amp = args.amp or lm.amp_for_this_cpu()
     everything.measure(images, targets, package_model=ml.build_model(cfg), amp=amp)
     log("\nevery part the learner's (one measured step):\n" + everything.table())
 
