@@ -11,7 +11,7 @@ work that way)::
 
     training:  select_training_samples  (check_targets -> add_gt_proposals -> assign_targets_to_proposals
                                           -> subsample -> the sampled RoIs and their targets)
-               box branch -> fastrcnn_loss
+               box branch -> box_loss (fastrcnn_loss)
                select_mask_rois -> mask branch -> mask_loss
     inference: box branch -> postprocess_detections -> mask branch -> mask_probabilities
 """
@@ -163,6 +163,13 @@ class RoIHeads(nn.Module):
                                                self.box_coder, self.score_thresh, self.nms_thresh,
                                                self.detections_per_img, self.batched_nms)
 
+    # ---- the box branch's loss (box_head.py) ----
+    def box_loss(self, class_logits: Tensor, box_regression: Tensor, labels: List[Tensor],
+                 regression_targets: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(loss_classifier, loss_box_reg)`` of the sampled RoIs (``fastrcnn_loss``): ``class_logits (S, K)``,
+        ``box_regression (S, K * 4)``, per image ``labels (S_i,)`` and ``regression_targets (S_i, 4)``."""
+        return box_head.fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+
     # ---- the mask branch's loss and output (the paper's per-class sigmoid; mask_head.py) ----
     def mask_loss(self, mask_logits: Tensor, mask_proposals: List[Tensor], targets: List[Dict[str, Tensor]],
                   pos_matched_idxs: List[Tensor]) -> Tensor:
@@ -201,8 +208,7 @@ class RoIHeads(nn.Module):
         result: List[Dict[str, Tensor]] = []
         losses: Dict[str, Tensor] = {}
         if self.training:
-            loss_classifier, loss_box_reg = box_head.fastrcnn_loss(class_logits, box_regression, labels,
-                                                                regression_targets)
+            loss_classifier, loss_box_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         else:
             boxes, scores, det_labels = self.postprocess_detections(class_logits, box_regression, proposals,
