@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-assignments", help="write student copies with the solutions removed",
                        description="Write a student copy of each notebook (same file name) into --out: every "
                                    "block between '### BEGIN SOLUTION' and '### END SOLUTION' becomes "
-                                   "'# YOUR CODE HERE' + 'raise NotImplementedError'; outputs, execution counts "
-                                   "and cell metadata are cleared.")
+                                   "'# YOUR CODE HERE' + 'raise NotImplementedError'; outputs and execution counts "
+                                   "are cleared, and cell metadata but tags, nbgrader's and the hint cells' "
+                                   "collapse.")
     p.add_argument("--out", required=True, type=Path, help="folder for the student notebooks")
     p.add_argument("notebooks", nargs="*", type=Path,
                    help="notebooks to convert (default: all notebooks/NN_*.ipynb)")

@@ -27,7 +27,7 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 NBVAL_MARK = "# NBVAL_CHECK_OUTPUT"
 # Cell metadata worth keeping in a student copy (everything else is dropped).
-KEEP_CELL_METADATA = ("tags", "editable", "deletable", "nbgrader")
+KEEP_CELL_METADATA = ("tags", "editable", "deletable", "nbgrader", "jupyter")   # "jupyter": a hint cell stays collapsed
 
 
 class SolutionMarkerError(ValueError):
