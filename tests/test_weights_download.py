@@ -32,7 +32,7 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection import maskrcnn_resnet50_fpn as tv_maskrcnn_resnet50_fpn
 
 import mrcnn_lite as ml
-from mrcnn_lite import torchvision_compat
+from mrcnn_lite import torchvision_compat, torchvision_weights
 from mrcnn_lite import DownloadError
 
 COCO_V1 = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
@@ -249,7 +249,7 @@ def test_a_server_that_never_answers_times_out(torch_home, monkeypatch):
     try:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/{COCO_V1_FILE}"
         monkeypatch.setattr(COCO_V1.value, "url", url)
-        monkeypatch.setattr(torchvision_compat, "DOWNLOAD_TIMEOUT", 0.3)
+        monkeypatch.setattr(torchvision_weights, "DOWNLOAD_TIMEOUT", 0.3)
         start = time.perf_counter()
         with pytest.raises(DownloadError, match="timed out") as err:
             ml.maskrcnn_resnet50_fpn(weights="DEFAULT", progress=False)

@@ -35,150 +35,36 @@ you wrote yourself.
     built = learner_model(load_parts())      # checks every part, builds the course model with yours
     print(built.table())
     built.model                              # a MaskRCNN: train it with mrcnn_lite.engine.Trainer
+
+The parts and their storage are in ``learner_parts.py``, the adapters in ``learner_adapters.py``; this
+module checks the parts, builds the model, times it and trains it (and re-exports ``save_part``,
+``load_parts``, ``PARTS``...).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import io
-import math
-import os
-import textwrap
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import config as _config
 from ..build import build_model, kernels_for
-from ..model.anchors import AnchorGenerator
-from ..model.matching import BalancedPositiveNegativeSampler
 from ..model.roi_heads import RoIHeads
 from ..model.rpn import RegionProposalNetwork
-from ..ops import BoxCoder
 from ..recipes import TINY_SHAPES_MODEL
+from .learner_adapters import (LearnerBoxCoder, LearnerRoIHeads, LearnerRPN, Timed, _pair,  # noqa: F401
+                               anchor_generator_class, batched_nms_from_nms, paste_masks_from_paste_mask,
+                               roi_align_from_one_box, sampler_class)
+from .learner_parts import (_BY_NAME, NOT_WIRED, PARTS, Part, load_parts, parts_dir, reference_parts,  # noqa: F401
+                            reference_sample_balanced, reference_top_n_per_level, save_part)
 
 __all__ = ["PARTS", "Part", "save_part", "load_parts", "parts_dir", "check_parts", "learner_model",
            "LearnerBuild", "course_config", "amp_for_this_cpu", "recipe_trainer", "heldout_ap", "reference_parts", "reference_sample_balanced"]
-
-
-@dataclass(frozen=True)
-class Part:
-    """One exercise that is a part of the model. ``name``: the key of ``save_part`` / ``load_parts``;
-    ``function``: the name the notebook gives it; ``checker``: its check in ``mrcnn_lite.course.checks``;
-    ``seam``: where the model calls it."""
-
-    name: str
-    notebook: str
-    function: str
-    checker: str
-    seam: str
-
-
-PARTS: Tuple[Part, ...] = (
-    Part("box_iou", "01", "my_box_iou", "check_box_iou",
-         "IoU of the RPN's anchor matching (rpn.box_similarity) and of the RoI heads' proposal matching"),
-    Part("encode", "01", "my_encode", "check_encode", "BoxCoder.encode_single: the RPN's and the box head's targets"),
-    Part("decode", "01", "fixed_decode", "check_decode_lab", "the RPN's BoxCoder.decode_single: proposals from deltas"),
-    Part("nms", "01", "my_nms", "check_nms", "batched_nms (one call per class or level): proposals and detections"),
-    Part("base_anchors", "04", "base_anchors", "check_base_anchors", "AnchorGenerator's cell anchors"),
-    Part("grid_anchors", "04", "grid_anchors", "check_grid_anchors", "AnchorGenerator.anchors_for"),
-    Part("rpn_loss", "05", "rpn_loss", "check_rpn_loss", "RegionProposalNetwork.compute_loss"),
-    Part("top_n_per_level", "05", "top_n_per_level", "check_top_n_per_level",
-         "RegionProposalNetwork._get_top_n_idx"),
-    Part("roi_align", "06", "roi_align_one_box", "check_roi_align_one_box",
-         "roi_align of the box and mask poolers (looped over boxes and channels)"),
-    Part("sample_balanced", "07", "sample_balanced", "check_sample_balanced",
-         "the RPN's and the RoI heads' fg_bg_sampler"),
-    Part("fastrcnn_loss", "07", "fastrcnn_loss_by_hand", "check_fastrcnn_loss", "RoIHeads.box_loss"),
-    Part("decode_class_boxes", "07", "decode_class_boxes", "check_decode_class_boxes",
-         "the box head's BoxCoder.decode (one call per class): final boxes"),
-    Part("mask_targets", "08", "mask_targets", "check_mask_targets", "RoIHeads.mask_loss's targets"),
-    Part("paste_mask", "09", "paste_mask", "check_paste_mask", "paste_masks_in_image (one call per mask)"),
-)
-_BY_NAME = {p.name: p for p in PARTS}
-
-# Exercises of notebooks 01-09 that are *not* parts of the learner's model, and why (for the report).
-NOT_WIRED = {
-    "bottleneck, top_down (02, 03)": "modules with weights: the course model's own backbone and FPN are built",
-    "frozen_bn lab (02)": "the course recipe trains with BatchNorm (norm='bn'), not frozen BN",
-    "flatten_head lab (05)": "RegionProposalNetwork.forward calls concat_box_prediction_layers directly (no hook)",
-    "bilinear (06)": "part of roi_align_one_box, which is wired",
-    "level lab (06)": "MultiScaleRoIAlign maps levels itself (no hook)",
-    "training_proposals lab (07), mask_loss lab (08)": "labs: their fixes are add_gt_proposals and the mask loss, "
-                                                        "whose parts (box_iou, mask_targets) are wired",
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving and loading the learner's functions as source code
-# ----------------------------------------------------------------------------------------------
-def parts_dir(path=None) -> Path:
-    """Where parts are stored: ``path``, else ``$MRCNN_LITE_PARTS``, else ``~/.mrcnn_lite/parts``."""
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("MRCNN_LITE_PARTS")
-    return Path(env) if env else Path.home() / ".mrcnn_lite" / "parts"
-
-
-def save_part(name: str, fn: Callable, *helpers: Callable, path=None) -> Path:
-    """Store the source of ``fn`` (and of the ``helpers`` it calls) as part ``name``; returns the file.
-
-    ``name``: one of ``PARTS`` (``box_iou``, ``encode``, ...). The file is written atomically.
-    """
-    if name not in _BY_NAME:
-        raise ValueError(f"save_part: unknown part {name!r}; the parts are {', '.join(_BY_NAME)}")
-    sources = []
-    for f in (*helpers, fn):
-        f = inspect.unwrap(f)  # checks.or_reference wraps a function with functools.wraps
-        if not inspect.isfunction(f):
-            raise TypeError(f"save_part({name!r}): {f!r} is not a function defined with def")
-        try:
-            sources.append(textwrap.dedent(inspect.getsource(f)))
-        except (OSError, TypeError) as exc:
-            raise ValueError(f"save_part({name!r}): the source of {f.__name__} cannot be read ({exc}); "
-                             f"define it with def in a notebook cell or a file") from exc
-    text = f"# part: {name}\n# function: {inspect.unwrap(fn).__name__}\n\n" + "\n\n".join(sources)
-    folder = parts_dir(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.py"
-    tmp = target.with_suffix(".py.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
-    return target
-
-
-def _namespace() -> dict:
-    import typing
-    ns = {"torch": torch, "math": math, "F": F, "nn": nn, "Tensor": Tensor, "__name__": "learner_part"}
-    ns.update({k: getattr(typing, k) for k in ("Any", "Dict", "List", "Optional", "Sequence", "Tuple")})
-    return ns
-
-
-def load_parts(path=None) -> Dict[str, Callable]:
-    """``{name: function}`` of every stored part; each file is run in a fresh namespace (see the module doc)."""
-    folder = parts_dir(path)
-    parts = {}
-    for name in _BY_NAME:
-        file = folder / f"{name}.py"
-        if not file.exists():
-            continue
-        text = file.read_text()
-        header = [line for line in text.splitlines()[:3] if line.startswith("# function: ")]
-        if not header:
-            raise ValueError(f"load_parts: {file} has no '# function: NAME' line (write it with save_part)")
-        ns = _namespace()
-        exec(compile(text, str(file), "exec"), ns)
-        fn_name = header[0][len("# function: "):].strip()
-        if fn_name not in ns:
-            raise ValueError(f"load_parts: {file} defines no function {fn_name!r}")
-        parts[name] = ns[fn_name]
-    return parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,129 +103,6 @@ def _check_one(checks, part: Part, parts, results, recorded) -> None:
         results[part.name] = (False, f"fails {part.checker}: {first.split(': ', 1)[-1][:80]}")
 
 
-# ----------------------------------------------------------------------------------------------
-# Timing: every learner's function in the model is called through a Timed, which adds up its time
-# ----------------------------------------------------------------------------------------------
-class Timed:
-    """``fn`` with the seconds spent in it added up in ``seconds`` (what the parts table reports)."""
-
-    def __init__(self, fn: Callable):
-        self.fn, self.seconds = fn, 0.0
-        self.__name__ = getattr(fn, "__name__", "part")
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-# ----------------------------------------------------------------------------------------------
-# Adapters: from an exercise's signature to the seam's
-# ----------------------------------------------------------------------------------------------
-def _pair(size) -> Tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def roi_align_from_one_box(one_box: Callable, fallback: Callable) -> Callable:
-    """``ops.roi_align``'s signature from ``one_box(f (H, W), box, output_size, spatial_scale, sampling_ratio)``
-    (``aligned=True``): a loop over the K RoIs and the C channels.
-
-    The model pools with ``aligned=False`` (torchvision's Mask R-CNN v1): the box is not shifted by half a
-    cell and is at least one cell wide and high. The same samples come from ``aligned=True`` on the box
-    shifted by ``+0.5 / spatial_scale`` and grown to one cell. Adaptive sampling (``sampling_ratio <= 0``,
-    which the exercise does not ask for) goes to ``fallback``.
-    """
-
-    def roi_align(input: Tensor, rois: Tensor, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1,
-                  aligned: bool = False) -> Tensor:
-        if sampling_ratio <= 0:
-            return fallback(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
-        ph, pw = _pair(output_size)
-        K, C = rois.shape[0], input.shape[1]
-        out = input.new_zeros((K, C, ph, pw))
-        for k in range(K):
-            b = int(rois[k, 0])
-            x1, y1, x2, y2 = (float(v) for v in rois[k, 1:])
-            if not aligned:
-                shift = 0.5 / spatial_scale  # aligned=True takes half a cell off: add it back
-                x2 = x2 + shift if (x2 - x1) * spatial_scale >= 1.0 else x1 + shift + 1.0 / spatial_scale
-                y2 = y2 + shift if (y2 - y1) * spatial_scale >= 1.0 else y1 + shift + 1.0 / spatial_scale
-                x1, y1 = x1 + shift, y1 + shift
-            box = [x1, y1, x2, y2]
-            out[k] = torch.stack([torch.as_tensor(one_box(input[b, c], box, (ph, pw), spatial_scale, sampling_ratio),
-                                                  dtype=input.dtype) for c in range(C)])
-        return out
-
-    return roi_align
-
-
-def batched_nms_from_nms(nms: Callable) -> Callable:
-    """``ops.batched_nms``'s signature from ``nms(boxes, scores, iou_threshold)``: NMS within each ``idxs``
-    value, then all kept indices by decreasing score (ties: by index, as the package's stable sort)."""
-
-    def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-        if boxes.numel() == 0:
-            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-        kept = []
-        for value in torch.unique(idxs):
-            members = torch.where(idxs == value)[0]
-            keep = torch.as_tensor(nms(boxes[members], scores[members], iou_threshold), dtype=torch.int64)
-            kept.append(members[keep.to(members.device)])
-        kept = torch.cat(kept).sort().values
-        return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
-
-    return batched_nms
-
-
-def paste_masks_from_paste_mask(paste_mask: Callable, fallback: Callable) -> Callable:
-    """``paste_masks_in_image``'s signature from ``paste_mask(mask (M, M), box, image_size)``, one mask at a time
-    (the exercise's border is the package's ``padding=1``; another padding goes to ``fallback``)."""
-
-    def paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape, padding: int = 1) -> Tensor:
-        if padding != 1:
-            return fallback(masks, boxes, img_shape, padding)
-        h, w = int(img_shape[0]), int(img_shape[1])
-        out = masks.new_zeros((masks.shape[0], 1, h, w))
-        for i in range(masks.shape[0]):
-            out[i, 0] = torch.as_tensor(paste_mask(masks[i, 0], boxes[i].tolist(), (h, w)), dtype=masks.dtype)
-        return out
-
-    return paste_masks_in_image
-
-
-class LearnerBoxCoder(BoxCoder):
-    """A ``BoxCoder`` whose ``encode_single`` is ``encode(targets, refs, weights)``, whose ``decode_single`` is
-    ``decode(deltas, anchors)`` (the RPN's, weights 1) and whose ``decode`` (the box head's ``(R, C * 4)``
-    deltas -> ``(R, C, 4)`` boxes) calls ``decode_class_boxes`` once per class; ``None``: the package's."""
-
-    def __init__(self, weights, encode=None, decode=None, decode_class_boxes=None):
-        super().__init__(weights)
-        self.learner_encode, self.learner_decode, self.learner_decode_class = encode, decode, decode_class_boxes
-
-    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
-        if self.learner_encode is None:
-            return super().encode_single(reference_boxes, proposals)
-        return self.learner_encode(reference_boxes, proposals, self.weights)
-
-    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
-        if self.learner_decode is None:
-            return super().decode_single(rel_codes, boxes)
-        return self.learner_decode(rel_codes, boxes)
-
-    def decode(self, rel_codes: Tensor, boxes: List[Tensor]) -> Tensor:
-        if self.learner_decode_class is None:
-            return super().decode(rel_codes, boxes)
-        proposals = torch.cat(boxes, dim=0)
-        R, C = proposals.shape[0], rel_codes.shape[-1] // 4
-        rel_codes = rel_codes.reshape(R, C * 4)
-        per_class = [self.learner_decode_class(rel_codes, proposals,
-                                               torch.full((R,), c, dtype=torch.int64, device=proposals.device))
-                     for c in range(C)]
-        return torch.stack(per_class, dim=1) if R else rel_codes.new_zeros((0, C, 4))
-
-
 def _autocast(amp: str, device: torch.device):
     if amp not in ("off", "bf16"):
         raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
@@ -353,124 +116,6 @@ def amp_for_this_cpu() -> str:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
         return "off"
-
-
-def _generator_of(device: torch.device) -> torch.Generator:
-    """The global generator of ``device``: a sampler drawing from it draws what the package's sampler would."""
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    return torch.default_generator
-
-
-def sampler_class(sample_balanced: Callable) -> type:
-    """A ``BalancedPositiveNegativeSampler`` class whose draw is ``sample_balanced(labels, batch_size_per_image,
-    positive_fraction, generator)``, image by image, with the global generator (so the package's draw and a
-    correct learner's one use the same random numbers)."""
-
-    class LearnerSampler(BalancedPositiveNegativeSampler):
-        def sample_indices(self, labels: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-            pos_inds, neg_inds = [], []
-            for lab in labels:
-                pos, neg = sample_balanced(lab, self.batch_size_per_image, self.positive_fraction,
-                                           _generator_of(lab.device))
-                pos_inds.append(torch.as_tensor(pos, device=lab.device).reshape(-1).long().sort().values)
-                neg_inds.append(torch.as_tensor(neg, device=lab.device).reshape(-1).long().sort().values)
-            return pos_inds, neg_inds
-
-    return LearnerSampler
-
-
-def anchor_generator_class(base_anchors: Optional[Callable], grid_anchors: Optional[Callable]) -> type:
-    """An ``AnchorGenerator`` class with the learner's ``base_anchors(sizes, ratios)`` as cell anchors and
-    ``grid_anchors(base, grid_size, image_size)`` placing them (``None``: the package's)."""
-
-    class LearnerAnchorGenerator(AnchorGenerator):
-        def __init__(self, sizes, aspect_ratios):
-            super().__init__(sizes, aspect_ratios)
-            if base_anchors is not None:
-                self.cell_anchors = [torch.as_tensor(base_anchors(list(s), list(r))).to(torch.float32)
-                                     for s, r in zip(self.sizes, self.aspect_ratios)]
-
-        def anchors_for(self, image_size, grid_sizes, dtype=torch.float32, device="cpu") -> Tensor:
-            if grid_anchors is None:
-                return super().anchors_for(image_size, grid_sizes, dtype, device)
-            size = (int(image_size[0]), int(image_size[1]))
-            return torch.cat([torch.as_tensor(grid_anchors(base.to(dtype=dtype, device=device), (int(g[0]), int(g[1])),
-                                                           size)).to(dtype=dtype, device=device)
-                              for base, g in zip(self.cell_anchors, grid_sizes)])
-
-    return LearnerAnchorGenerator
-
-
-class LearnerRPN(RegionProposalNetwork):
-    """The RPN with the learner's ``top_n_per_level`` and ``rpn_loss`` (``learner_parts``; missing: the package's)."""
-
-    learner_parts: Dict[str, Callable] = {}
-
-    def _get_top_n_idx(self, objectness: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:
-        fn = self.learner_parts.get("top_n_per_level")
-        if fn is None:
-            return super()._get_top_n_idx(objectness, num_anchors_per_level)
-        return torch.as_tensor(fn(objectness, list(num_anchors_per_level), self.pre_nms_top_n())).long()
-
-    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
-        fn = self.learner_parts.get("rpn_loss")
-        if fn is None:
-            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
-        pos_inds, neg_inds = self.fg_bg_sampler.sample_indices(labels)
-        n = objectness.shape[1]
-        pos_mask = torch.zeros(objectness.numel(), dtype=torch.bool, device=objectness.device)
-        neg_mask = torch.zeros_like(pos_mask)
-        for i, (p, q) in enumerate(zip(pos_inds, neg_inds)):  # image i's anchors start at i * n
-            pos_mask[p + i * n] = True
-            neg_mask[q + i * n] = True
-        return tuple(fn(objectness.reshape(-1), pred_bbox_deltas.reshape(-1, 4), torch.cat(list(labels)),
-                        torch.cat(list(regression_targets)), pos_mask, neg_mask))
-
-
-class LearnerRoIHeads(RoIHeads):
-    """The RoI heads with the learner's ``box_iou`` (proposal matching), ``fastrcnn_loss`` and ``mask_targets``."""
-
-    learner_parts: Dict[str, Callable] = {}
-
-    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
-        box_iou = self.learner_parts.get("box_iou")
-        if box_iou is None:
-            return super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        matched_idxs, labels = [], []
-        for p, g, lab in zip(proposals, gt_boxes, gt_labels):
-            if g.numel() == 0:  # an image without objects: every proposal is background
-                matched_idxs.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
-                labels.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
-                continue
-            matched = self.proposal_matcher(box_iou(g, p))                     # (n, P) IoU -> (P,)
-            clamped = matched.clamp(min=0)
-            lab_i = lab[clamped].to(torch.int64)
-            lab_i.masked_fill_(matched == self.proposal_matcher.BELOW_LOW_THRESHOLD, 0)
-            lab_i.masked_fill_(matched == self.proposal_matcher.BETWEEN_THRESHOLDS, -1)
-            matched_idxs.append(clamped)
-            labels.append(lab_i)
-        return matched_idxs, labels
-
-    def box_loss(self, class_logits, box_regression, labels, regression_targets):
-        fn = self.learner_parts.get("fastrcnn_loss")
-        if fn is None:
-            return super().box_loss(class_logits, box_regression, labels, regression_targets)
-        return tuple(fn(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)))
-
-    def mask_loss(self, mask_logits, mask_proposals, targets, pos_matched_idxs):
-        fn = self.learner_parts.get("mask_targets")
-        if fn is None:
-            return super().mask_loss(mask_logits, mask_proposals, targets, pos_matched_idxs)
-        # The loss of mask_head.maskrcnn_loss, with the learner's targets: BCE on the GT class's channel.
-        M = mask_logits.shape[-1]
-        labels = torch.cat([t["labels"][i] for t, i in zip(targets, pos_matched_idxs)])
-        if labels.numel() == 0:
-            return mask_logits.sum() * 0
-        mask_targets = torch.cat([torch.as_tensor(fn(t["masks"], p, i, M)).to(mask_logits)
-                                  for t, p, i in zip(targets, mask_proposals, pos_matched_idxs) if len(p)])
-        logits = mask_logits[torch.arange(labels.numel(), device=labels.device), labels]
-        return F.binary_cross_entropy_with_logits(logits, mask_targets)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,47 +304,6 @@ def learner_model(parts: Mapping[str, Callable], cfg: Optional[_config.MaskRCNNC
     if "box_iou" in use:
         rpn.box_similarity = use["box_iou"]
     return LearnerBuild(model, rows, package_roi_align)
-
-
-# ----------------------------------------------------------------------------------------------
-# The reference solutions: the package's own functions, with the exercises' signatures
-# ----------------------------------------------------------------------------------------------
-def reference_sample_balanced(labels: Tensor, batch_size_per_image: int, positive_fraction: float,
-                              generator: torch.Generator) -> Tuple[Tensor, Tensor]:
-    """``BalancedPositiveNegativeSampler``'s draw for one image, from ``generator``: ``(pos_idx, neg_idx)``."""
-    positive = torch.where(labels >= 1)[0]
-    negative = torch.where(labels == 0)[0]
-    num_pos = min(positive.numel(), int(batch_size_per_image * positive_fraction))
-    num_neg = min(negative.numel(), batch_size_per_image - num_pos)
-    pos = positive[torch.randperm(positive.numel(), generator=generator, device=labels.device)[:num_pos]]
-    neg = negative[torch.randperm(negative.numel(), generator=generator, device=labels.device)[:num_neg]]
-    return pos, neg
-
-
-def reference_top_n_per_level(objectness: Tensor, num_anchors_per_level: Sequence[int], pre_nms_top_n: int) -> Tensor:
-    """``RegionProposalNetwork._get_top_n_idx`` with ``pre_nms_top_n``: ``(B, K)`` indices, level by level.
-    (The checker's reference builds an RPN, which draws random weights: it would move the sampler's draws.)"""
-    class TopN:
-        def pre_nms_top_n(self):
-            return int(pre_nms_top_n)
-
-    return RegionProposalNetwork._get_top_n_idx(TopN(), objectness, list(num_anchors_per_level))
-
-
-def reference_parts() -> Dict[str, Callable]:
-    """Every part as the package computes it, with the exercise's signature (what a correct solution gives)."""
-    from .. import ops
-    from ..model.anchors import generate_base_anchors
-    from . import checks
-
-    return {
-        "box_iou": ops.box_iou, "encode": checks.reference_encode, "decode": checks.reference_decode,
-        "nms": ops.nms, "base_anchors": generate_base_anchors, "grid_anchors": checks.reference_grid_anchors,
-        "rpn_loss": checks.reference_rpn_loss, "top_n_per_level": reference_top_n_per_level,
-        "roi_align": checks.reference_roi_align_one_box, "sample_balanced": reference_sample_balanced,
-        "fastrcnn_loss": checks.reference_fastrcnn_loss, "decode_class_boxes": checks.reference_decode_class_boxes,
-        "mask_targets": checks.reference_mask_targets, "paste_mask": checks.reference_paste_mask,
-    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Every exercise in the notebooks is followed by a check cell such as::
     checks.check_box_iou(my_box_iou, points=2)
 
 The machinery (a check's spec, calling the learner's function, judging its outputs against the reference,
-reporting, falling back to the reference) is in :mod:`.runner`; what a checked function may not call
+reporting) is in :mod:`.runner`, with the results and comparisons in :mod:`.results`, the random inputs
+in :mod:`.inputs` and the fallback to the reference in :mod:`.fallback`; what a checked function may not call
 (the package's or torchvision's implementation of the exercise) is in :mod:`.off_limits`; the
 checkers of each notebook are in their own module, ``nb01_boxes`` ... ``nb12_own_data``, and are
 imported here so that a notebook needs only ``checks.<name>``. Three kinds of exercise:

@@ -11,150 +11,22 @@ It prints one line ``PASS`` / ``FAIL`` / ``TODO`` and, on a failure, the first c
 never raises: an exception in the learner's code becomes a ``FAIL`` message. Each call returns a
 :class:`CheckResult` and appends it to :data:`RESULTS`, which the course's autograder reads; the result's
 ``repr`` is its points, so that the check cell's value is the score nbgrader's autograder reads too.
+
+The results and how outputs are compared are in ``results.py``, the checkers' random inputs in
+``inputs.py``, ``or_reference`` in ``fallback.py``; all are re-exported here.
 """
 from __future__ import annotations
 
-import functools
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
-SEEDS = (0, 1, 2, 3, 4)  # random cases per checker; fixed so that a failure can be reproduced
-
-
-# ----------------------------------------------------------------------------------------------
-# Results
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class CheckResult:
-    """What a checker found. ``points`` is ``max_points`` when passed; 0, or the points of the parts
-    that passed (:func:`run_parts`), when not."""
-
-    name: str
-    passed: bool
-    points: float
-    max_points: float
-    message: str
-    implemented: bool = True
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def status(self) -> str:
-        return "PASS" if self.passed else ("TODO" if not self.implemented else "FAIL")
-
-    def __repr__(self) -> str:
-        # The points alone: a check cell's value is its score (nbgrader reads it as partial credit).
-        return f"{self.points:g}"
-
-
-RESULTS: List[CheckResult] = []
-"""Every result of this Python session, in order. The autograder reads it after the last cell."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Printing inputs and outputs compactly
-# ----------------------------------------------------------------------------------------------
-def _fmt_number(v) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return repr(v)
-
-
-def _nested(values) -> str:
-    if isinstance(values, list):
-        return "[" + ", ".join(_nested(v) for v in values) + "]"
-    return _fmt_number(values)
-
-
-def fmt(value, max_numel: int = 24) -> str:
-    """A short, readable text for a value: small tensors in full, big ones as shape + first values."""
-    if isinstance(value, Tensor):
-        head = f"tensor(shape={tuple(value.shape)}, dtype={str(value.dtype).replace('torch.', '')})"
-        if value.numel() == 0:
-            return head + " (empty)"
-        v = value.detach().cpu()
-        if v.numel() <= max_numel:
-            return _nested(v.tolist()) + f"   {head}"
-        flat = v.reshape(-1)[:6].tolist()
-        return f"{head} first values {_nested(flat)} ..."
-    if isinstance(value, torch.nn.Module):
-        return f"{type(value).__name__}(...)"
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, Tensor) for v in value):
-            inner = ", ".join(fmt(v, max_numel=8) for v in value)
-            return f"{type(value).__name__} of {len(value)}: [{inner}]"
-        return _nested(list(value)) if not isinstance(value, tuple) else "(" + ", ".join(fmt(v) for v in value) + ")"
-    if isinstance(value, float):
-        return _fmt_number(value)
-    return repr(value)
-
-
-# ----------------------------------------------------------------------------------------------
-# Comparing results
-# ----------------------------------------------------------------------------------------------
-def _as_tensor(x) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    return torch.as_tensor(x)
-
-
-def compare(expected, got, atol: float = 1e-6, rtol: float = 1e-5, exact: bool = False) -> Optional[str]:
-    """``None`` when ``got`` matches ``expected``; otherwise a sentence saying where they first differ.
-
-    Tensors must have the same shape; values are compared with ``atol``/``rtol`` (or exactly), NaN
-    equal to NaN. Lists and tuples are compared element by element.
-    """
-    if isinstance(expected, (list, tuple)):
-        if not isinstance(got, (list, tuple)):
-            return f"expected a {type(expected).__name__} of {len(expected)} items, got {type(got).__name__}"
-        if len(got) != len(expected):
-            return f"expected {len(expected)} items, got {len(got)}"
-        for i, (e, g) in enumerate(zip(expected, got)):
-            problem = compare(e, g, atol, rtol, exact)
-            if problem:
-                return f"item {i}: {problem}"
-        return None
-    expected = _as_tensor(expected)
-    try:
-        got = _as_tensor(got)
-    except Exception:
-        return f"expected a tensor, got {type(got).__name__}"
-    if tuple(got.shape) != tuple(expected.shape):
-        if got.numel() == expected.numel() == 1:
-            got = got.reshape(expected.shape)
-        else:
-            return f"wrong shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}"
-    if expected.numel() == 0:
-        return None
-    e = expected.detach().cpu()
-    g = got.detach().cpu()
-    if exact:
-        if e.dtype.is_floating_point or g.dtype.is_floating_point:
-            bad = ~((e.double() == g.double()) | (e.double().isnan() & g.double().isnan()))
-        else:
-            bad = e.long() != g.long()
-    else:
-        e64, g64 = e.double(), g.double()
-        close = torch.isclose(g64, e64, rtol=rtol, atol=atol, equal_nan=True)
-        bad = ~close
-    if not bad.any():
-        return None
-    idx = tuple(int(i) for i in bad.nonzero()[0])
-    where = f"[{', '.join(map(str, idx))}]" if idx else "(the value)"
-    n_bad = int(bad.sum())
-    tol = "exactly" if exact else f"within atol={atol:g}, rtol={rtol:g}"
-    return (f"{n_bad} of {e.numel()} values differ ({tol}); first difference at {where}: "
-            f"expected {_fmt_number(e[idx].item())}, got {_fmt_number(g[idx].item())}")
+from .fallback import or_reference  # noqa: F401
+from .inputs import SEEDS, Fresh, gen, random_boxes, random_masks  # noqa: F401
+from .results import RESULTS, CheckResult, compare, fmt  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,85 +327,3 @@ def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
                            f"you predicted {answer!r}; the run gives {actual!r}")
     return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): you predicted "
                        f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?")
-
-
-# ----------------------------------------------------------------------------------------------
-# Falling back to the reference in later cells
-# ----------------------------------------------------------------------------------------------
-def or_reference(mine, reference):
-    """``mine``, but while it raises ``NotImplementedError`` the ``reference`` is used instead.
-
-    Later cells of a notebook call the learner's function; wrapped with this, they keep working
-    (with the package's reference) before the exercise is solved. For a function, the wrapper calls
-    ``mine`` and falls back on ``NotImplementedError``. For an ``nn.Module`` class, it returns a
-    subclass whose ``forward`` does the same with ``reference.forward`` (the attribute names must
-    match, as the exercise asks). A note is printed the first time the reference is used.
-    """
-    noted = []
-
-    def note():
-        if not noted:
-            noted.append(True)
-            ref_name = getattr(reference, "__qualname__", repr(reference))
-            mod = getattr(reference, "__module__", "")
-            print(f"note: {getattr(mine, '__name__', 'your function')} is not implemented yet; "
-                  f"using the reference {mod + '.' if mod else ''}{ref_name} instead.")
-
-    if isinstance(mine, type):
-        class Fallback(mine):  # type: ignore[misc, valid-type]
-            def forward(self, *args, **kwargs):
-                try:
-                    return mine.forward(self, *args, **kwargs)
-                except NotImplementedError:
-                    note()
-                    return reference.forward(self, *args, **kwargs)
-
-        Fallback.__name__ = mine.__name__
-        Fallback.__qualname__ = mine.__qualname__
-        Fallback.__doc__ = mine.__doc__
-        return Fallback
-
-    @functools.wraps(mine)
-    def wrapper(*args, **kwargs):
-        try:
-            return mine(*args, **kwargs)
-        except NotImplementedError:
-            note()
-            return reference(*args, **kwargs)
-
-    return wrapper
-
-
-# ----------------------------------------------------------------------------------------------
-# Random inputs
-# ----------------------------------------------------------------------------------------------
-def random_boxes(n: int, g: torch.Generator, scale: float = 100.0, min_size: float = 2.0,
-                 max_size: float = 40.0, dtype=torch.float64) -> Tensor:
-    """``(n, 4)`` xyxy boxes with positive width and height."""
-    xy = torch.rand(n, 2, generator=g, dtype=dtype) * scale
-    wh = torch.rand(n, 2, generator=g, dtype=dtype) * (max_size - min_size) + min_size
-    return torch.cat([xy, xy + wh], dim=1)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1000 + seed)
-
-
-def random_masks(n: int, h: int, w: int, g: torch.Generator) -> Tensor:
-    """``(n, h, w)`` uint8 masks: a random ellipse each."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    c = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h], dtype=torch.float64)
-    r = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h], dtype=torch.float64) / 3 + 2
-    d = ((xs - c[:, None, None, 0]) / r[:, None, None, 0]) ** 2 + ((ys - c[:, None, None, 1]) / r[:, None, None, 1]) ** 2
-    return (d <= 1).to(torch.uint8)
-
-
-class Fresh:
-    """An input built afresh for every call (the function under test changes it in place: a model's
-    weights, an optimizer's state). Shown as ``text`` in a failure message."""
-
-    def __init__(self, text: str, build: Callable):
-        self.text, self.build = text, build
-
-    def __repr__(self) -> str:
-        return self.text
