@@ -48,10 +48,14 @@ def _max_rel(a, b):
     return max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-300) for x, y in zip(a, b) for k in y)
 
 
-def test_reference_solutions_pass_their_checkers():
-    verdicts = lm.check_parts(lm.reference_parts())
+def test_course_solutions_pass_their_checkers_and_the_package_does_not():
+    """The course's own solution code (read from the solution notebooks) passes every part's checker; the
+    package's functions with the same signatures (``reference_parts``) are refused: not the learner's code."""
+    verdicts = lm.check_parts(lm.course_solutions())
     assert [n for n, (ok, _) in verdicts.items() if not ok] == []
     assert set(verdicts) == {p.name for p in lm.PARTS}
+    refused = lm.check_parts({"box_iou": lm.reference_parts()["box_iou"]})["box_iou"]
+    assert refused[0] is False and "mrcnn_lite.ops" in refused[1], refused
 
 
 def test_reference_solutions_train_as_the_package(batch, package_losses):
@@ -82,16 +86,19 @@ def test_a_wrong_solution_changes_the_losses_and_fails_its_check(batch, package_
     print("planted IoU bug: max relative difference of the losses:", _max_rel(wrong, package_losses))
     assert _max_rel(wrong, package_losses) > 1e-3
 
-    built = lm.learner_model(parts, CFG, package=fast)                    # checked: the package's IoU stands in
+    # Checked, the wrong IoU fails its check and the package's stands in: the package model's losses again.
+    checked_parts = {**lm.course_solutions(), "box_iou": _iou_without_intersection}
+    built = lm.learner_model(checked_parts, CFG, package=fast)
     row = next(r for r in built.rows if r.part.name == "box_iou")
     assert not row.yours and row.why.startswith("fails check_box_iou")
     assert "box_iou" not in built.yours and len(built.yours) == len(lm.PARTS) - 2
-    checked = _train(lambda: lm.learner_model(parts, CFG, package=fast).model, batch)
+    checked = _train(lambda: lm.learner_model({"box_iou": _iou_without_intersection}, CFG).model, batch)
     assert _max_rel(checked, package_losses) < 1e-10
 
 
 def test_missing_and_declined_parts_are_the_packages(tmp_path):
-    built = lm.learner_model({"nms": lm.reference_parts()["nms"], "encode": lm.reference_parts()["encode"]},
+    solutions = lm.course_solutions()
+    built = lm.learner_model({"nms": solutions["nms"], "encode": solutions["encode"]},
                              CFG, package=("encode",), why_package="too slow")
     used = {r.part.name: (r.yours, r.why) for r in built.rows}
     assert used["nms"] == (True, "passes check_nms")

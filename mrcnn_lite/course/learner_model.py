@@ -60,7 +60,7 @@ from ..recipes import TINY_SHAPES_MODEL
 from .learner_adapters import (LearnerBoxCoder, LearnerRoIHeads, LearnerRPN, Timed, _pair,  # noqa: F401
                                anchor_generator_class, batched_nms_from_nms, paste_masks_from_paste_mask,
                                roi_align_from_one_box, sampler_class)
-from .learner_parts import (_BY_NAME, NOT_WIRED, PARTS, Part, load_parts, parts_dir, reference_parts,  # noqa: F401
+from .learner_parts import (_BY_NAME, NOT_WIRED, PARTS, Part, course_solutions, load_parts, parts_dir, reference_parts,  # noqa: F401
                             reference_sample_balanced, reference_top_n_per_level, save_part)
 
 __all__ = ["PARTS", "Part", "save_part", "load_parts", "parts_dir", "check_parts", "learner_model",
