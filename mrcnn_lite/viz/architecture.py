@@ -75,7 +75,8 @@ def draw_architecture(ax=None, title: Optional[str] = "Mask R-CNN: the stages an
     ax.text(9.8, 0.55, "the whole model:  training loop, losses, checkpoints (nb 10)  ·  COCO AP (nb 11)  ·  "
             "your own COCO-format data (nb 12)  ·  profiling, AMP, several GPUs (nb 13)",
             ha="center", va="center", fontsize=8.5, color="0.25")
-    ax.text(6.6, 3.2, "the mask head pools its own 14x14 RoIs from the FPN levels, at the boxes the box head kept",
+    ax.text(6.6, 3.2, ("the mask head pools its own 14x14 RoIs from the FPN levels: at test time at the boxes the box head "
+             "kept, in training at the positive sampled proposals"),
             ha="center", va="center", fontsize=7, color="0.35", style="italic")
     ax.set_xlim(-0.2, 19.8)
     ax.set_ylim(0.2, 7.8)
