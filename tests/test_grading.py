@@ -173,8 +173,11 @@ def test_answers_that_call_the_package_or_torchvision_earn_zero(course, tmp_path
     assert "your code called mrcnn_lite.ops.boxes.box_iou" in ex["box_iou"]["message"], ex["box_iou"]["message"]
     assert "your code called mrcnn_lite.ops.boxes.BoxCoder.encode_single" in ex["encode"]["message"], \
         ex["encode"]["message"]
-    assert ex["nms"]["points"] == 0 and "torchvision cannot be imported while answers are checked" in \
-        ex["nms"]["message"], ex["nms"]["message"]
+    # 0 points, and the report names torchvision: either its import was refused in the answers' process, or
+    # (torchvision already loaded there) the watch caught the call into it.
+    assert ex["nms"]["points"] == 0 and ("torchvision cannot be imported while answers are checked" in
+                                         ex["nms"]["message"] or "your code called torchvision.ops" in
+                                         ex["nms"]["message"]), ex["nms"]["message"]
 
 
 @pytest.mark.slow
