@@ -18,18 +18,8 @@ adapter loops over boxes and channels). Before anything is built, each function 
 exercise's own checker (``mrcnn_lite.course.checks``): one that fails, or is missing, is replaced by the
 package's part, and the table says so and why.
 
-Getting your functions from notebooks 01-09 to notebook 10::
-
-    from mrcnn_lite.course.learner_model import save_part
-    save_part("box_iou", my_box_iou)                         # in notebook 01, after the check
-    save_part("fastrcnn_loss", fastrcnn_loss_by_hand, smooth_l1)   # helpers your function calls go too
-
-``save_part`` stores the function's *source code* (not a pickle) in ``~/.mrcnn_lite/parts/<name>.py``
-(or the folder in the environment variable ``MRCNN_LITE_PARTS``). ``load_parts()`` runs each file in a
-fresh namespace in which ``torch``, ``math``, ``F`` (``torch.nn.functional``), ``Tensor`` and the
-``typing`` names are already imported, and returns ``{name: function}``. The files are plain Python: read
-them, edit them, delete one to go back to the package's part. Loading runs that code, so load only files
-you wrote yourself.
+Your functions get from notebooks 01-09 to notebook 10 with ``save_part`` and ``load_parts``
+(``learner_parts.py`` says how they are stored and loaded)::
 
     from mrcnn_lite.course.learner_model import learner_model, load_parts
     built = learner_model(load_parts())      # checks every part, builds the course model with yours
