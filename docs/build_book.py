@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def execute(src: str, dst: str, timeout: int) -> tuple[str, float, str | None]:
 
     os.environ.clear()
     os.environ.update(kernel_env())  # the kernel inherits this process's environment
+    # save_part cells write here, not to ~/.mrcnn_lite/parts; one empty folder per notebook, so that notebook
+    # 10's page does not depend on which notebooks were built before it.
+    os.environ["MRCNN_LITE_PARTS"] = tempfile.mkdtemp(prefix=f"mrcnn_lite_parts_{Path(src).stem}_")
     nb = nbformat.read(src, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})

@@ -162,3 +162,37 @@ def test_eval_uses_the_learners_paste_and_nms(batch):
         assert torch.equal(r["labels"], g["labels"])
         torch.testing.assert_close(g["boxes"], r["boxes"], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(g["masks"], r["masks"], rtol=1e-10, atol=1e-10)
+
+
+def test_the_notebooks_save_cells_carry_every_part_to_notebook_10(tmp_path, monkeypatch):
+    """What a learner who solved notebooks 01-09 gets: each notebook's solution cells are run as a module (so
+    their source can be read, as in a kernel), then that notebook's own ``save_part`` cells; ``load_parts`` then
+    finds all 14 parts and every one passes its check in ``learner_model`` (none falls back to the package's)."""
+    import importlib.util
+    import json
+
+    from mrcnn_lite.course.items import course_notebooks_dir
+
+    monkeypatch.setenv("MRCNN_LITE_PARTS", str(tmp_path / "parts"))
+    saved_cells = 0
+    for number in sorted({p.notebook for p in lm.PARTS}):
+        path = next(course_notebooks_dir().glob(f"{number}_*.ipynb"))
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        answers = ["".join(c["source"]) for c in cells if c.get("metadata", {}).get("nbgrader", {}).get("solution")]
+        module_file = tmp_path / f"nb{number}.py"
+        module_file.write_text("import torch, math\nimport torch.nn.functional as F\nfrom torch import Tensor\n"
+                               "from mrcnn_lite import ops\nfrom mrcnn_lite.ops import BoxCoder\n"
+                               "from typing import *\n\n" + "\n\n".join(answers))
+        spec = importlib.util.spec_from_file_location(f"nb{number}", module_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for cell in cells:
+            source = "".join(cell["source"])
+            if "save_part(" in source:
+                exec(compile(source, f"<{path.name} save cell>", "exec"), vars(module))
+                saved_cells += 1
+    assert saved_cells == len(lm.PARTS) == 14
+    mine = lm.load_parts()
+    assert sorted(mine) == sorted(p.name for p in lm.PARTS)
+    built = lm.learner_model(mine, CFG)
+    assert all(r.yours for r in built.rows), built.table()

@@ -11,8 +11,8 @@ Getting your functions from notebooks 01-09 to notebook 10::
 
 ``save_part`` stores the function's *source code* (not a pickle) in ``~/.mrcnn_lite/parts/<name>.py``
 (or the folder in the environment variable ``MRCNN_LITE_PARTS``). ``load_parts()`` runs each file in a
-fresh namespace in which ``torch``, ``math``, ``F`` (``torch.nn.functional``), ``Tensor`` and the
-``typing`` names are already imported, and returns ``{name: function}``. The files are plain Python: read
+fresh namespace in which ``torch``, ``math``, ``F`` (``torch.nn.functional``), ``nn``, ``Tensor``, the
+``typing`` names, ``ops`` (``mrcnn_lite.ops``) and ``BoxCoder`` are already imported, and returns ``{name: function}``. The files are plain Python: read
 them, edit them, delete one to go back to the package's part. Loading runs that code, so load only files
 you wrote yourself.
 """
@@ -121,7 +121,14 @@ def save_part(name: str, fn: Callable, *helpers: Callable, path=None) -> Path:
 
 def _namespace() -> dict:
     import typing
-    ns = {"torch": torch, "math": math, "F": F, "nn": nn, "Tensor": Tensor, "__name__": "learner_part"}
+
+    # ops and BoxCoder: the notebooks hand them to two exercises (mask_targets crops with ops.roi_align,
+    # decode_class_boxes decodes with a BoxCoder), so a saved part may use them as its notebook did.
+    from .. import ops
+    from ..ops import BoxCoder
+
+    ns = {"torch": torch, "math": math, "F": F, "nn": nn, "Tensor": Tensor, "ops": ops, "BoxCoder": BoxCoder,
+          "__name__": "learner_part"}
     ns.update({k: getattr(typing, k) for k in ("Any", "Dict", "List", "Optional", "Sequence", "Tuple")})
     return ns
 
@@ -155,15 +162,13 @@ def course_solutions(notebooks_dir=None) -> Dict[str, Callable]:
     import ast
     import json
 
-    from .. import ops
-    from ..ops import BoxCoder
     from .items import course_notebooks_dir
 
     folder = Path(notebooks_dir) if notebooks_dir is not None else course_notebooks_dir()
     solutions: Dict[str, Callable] = {}
     for number in sorted({p.notebook for p in PARTS}):
         path = next(folder.glob(f"{number}_*.ipynb"))
-        ns = {**_namespace(), "ops": ops, "BoxCoder": BoxCoder}
+        ns = _namespace()
         for cell in json.loads(path.read_text())["cells"]:
             if cell["cell_type"] != "code" or not cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
                 continue
