@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.setup-done
 # Extra pytest arguments, e.g. `make test ARGS="-k boxes"`.
 ARGS   ?=
 
-.PHONY: setup test test-fast demo lab clean
+.PHONY: setup test test-heavy test-fast demo lab clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 # 2 cores without oversubscription, which stalled notebook kernels for minutes (threads spinning on busy
 # cores). `make test TEST_THREADS=4` to change.
 TEST_THREADS ?= 1
+# Every test and every notebook except the ones marked heavy: under 10 minutes on 2 cores, install included.
 test: $(STAMP)
-	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile -q -ra --durations=15 $(ARGS)
+	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile -q -ra -m "not heavy" --durations=15 $(ARGS)
+
+# The end-to-end runs marked heavy (each a minute or more): every untouched student copy graded and run as
+# written, nbgrader's generate_assignment + autograde, the ablation runner, resuming a killed run, 6000x4000
+# images, DDP, the benches, the book in Chromium, the wheel in a fresh venv. CI runs them after `make test`.
+test-heavy: $(STAMP)
+	MPLBACKEND=Agg OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest tests -n 2 --dist loadfile -q -ra -m heavy --durations=15 $(ARGS)
 
 # The quick loop while developing: the unit tests without the ones marked slow (training runs, the
 # float64 ResNet-50 comparisons, the benches) and without executing the notebooks. `make test` runs all.

@@ -20,6 +20,7 @@ from mrcnn_lite.model.transform import paste_masks_in_image
 from mrcnn_lite import bench
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"

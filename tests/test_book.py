@@ -132,6 +132,7 @@ def _check_links(page, html_file: Path, html_root: Path):
     assert not broken, f"{html_file.name}: broken links:\n" + "\n".join(broken)
 
 
+@pytest.mark.heavy
 def test_book_pages_in_chromium(book, browser):
     html = book / "html"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,7 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_train_the_real_model_in_step(tmp_path):
     """torchrun with 2 CPU processes: 2 steps of the tiny Mask R-CNN, identical weights on both ranks."""

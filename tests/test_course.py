@@ -688,6 +688,7 @@ def _max_points(nb_name: str) -> float:
     return sum(e["max_points"] for e in declared_exercises(nbformat.read(str(ROOT / "notebooks" / nb_name), 4)))
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("nb", [p.name for p in NOTEBOOKS])
 def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, nb):
@@ -699,6 +700,7 @@ def test_grade_zero_on_untouched_student_version_which_runs_to_the_end(graded, n
     assert all(set(e) >= {"name", "points", "max_points", "message"} for e in report["exercises"])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_grade_full_marks_on_a_submitted_solution(graded):
     report = graded[("nbgrader", FULL)]
@@ -707,6 +709,7 @@ def test_grade_full_marks_on_a_submitted_solution(graded):
     assert all(e["status"] == "PASS" for e in report["exercises"])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_grade_partial_marks_on_a_half_fixed_lab(graded):
     report = graded[("nbgrader", PARTIAL)]
@@ -718,6 +721,7 @@ def test_grade_partial_marks_on_a_half_fixed_lab(graded):
     assert "1.5/3" in line and "PART" in line, line
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_nbgrader_autograde_gives_the_course_graders_points(graded, nbgrader_course):
     """generate_assignment + autograde in a standard nbgrader course folder: the same points, exercise by

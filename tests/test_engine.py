@@ -240,6 +240,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     res = tmp_path / "ddp.json"

@@ -139,6 +139,7 @@ class FlipData(ToyData):
         return image, target
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_killed_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path):
     straight = Trainer(_fresh_model(), FlipData(), _cfg(save_every=2), tmp_path / "a")
@@ -182,6 +183,7 @@ class StopAt(torch.utils.data.Dataset):
         return self.ds[i]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_real_model_stopped_mid_epoch_resumes_exactly(tmp_path):
     """The tiny course model (trainable BatchNorm, random flips): Ctrl-C in the middle of the

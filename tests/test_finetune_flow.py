@@ -79,6 +79,7 @@ def _loaders(root):
             torch.utils.data.DataLoader(test, batch_size=1, shuffle=False, collate_fn=collate_fn))
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("predictors", ["torchvision", "mrcnn_lite"])
 def test_finetuning_flow(coco_folder, predictors):

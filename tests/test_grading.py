@@ -265,6 +265,7 @@ def test_a_crash_keeps_the_points_earned_before_and_after_it(course, tmp_path):
     assert all("\n" not in e for e in report["errors"])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_memory_blow_up_and_endless_loop(course, tmp_path):
     path = submission(course, tmp_path / "hog" / NB, answers={
@@ -364,6 +365,7 @@ def _tampering(course):
                                   extra_cells=[(6, "checks.check_nms = lambda *a, **k: 3")])
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_nbgrader_scored_by_the_course_grader_gives_its_points_and_ignores_tampering(course, tmp_path):
     pytest.importorskip("nbgrader")
@@ -379,6 +381,7 @@ def test_nbgrader_scored_by_the_course_grader_gives_its_points_and_ignores_tampe
     assert "why_more" in scores["honest"]          # the hand-graded answer is a manually graded cell
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_plain_nbgrader_gives_the_same_points_but_runs_tests_in_the_learners_kernel(course, tmp_path):
     """Without the course's preprocessor, nbgrader's test cells run in the learner's kernel: the off-limits

@@ -117,6 +117,7 @@ PRELUDE = """
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_predict_on_a_6000x4000_photo_with_50_detections_fits_4_gib(tmp_path):
     out = _run(f"""
@@ -140,6 +141,7 @@ def test_predict_on_a_6000x4000_photo_with_50_detections_fits_4_gib(tmp_path):
     assert (tmp_path / "photo.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("paster", ["ours", "torchvision"])
 def test_full_masks_need_no_more_than_the_output(paster):
@@ -173,6 +175,7 @@ COURSE = ROOT / "data" / "checkpoints" / "tiny_shapes.pt"
 MINI_VAL = ROOT / "data" / "shapes-mini" / "val"
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_predict_writes_coco_results_that_score_as_evaluate_does(tmp_path):
     """predict's coco_results.json, read by pycocotools' loadRes, gives the AP that ``evaluate`` measures

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_recipe_bench_trains_both_recipes_and_reports_times_ratio_and_ap(tmp_path):
     out = tmp_path / "bench"

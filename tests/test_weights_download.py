@@ -108,6 +108,7 @@ def server(tmp_path):
 # 1. a file in torch hub's cache is read as torchvision reads it
 # --------------------------------------------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_default_weights_from_the_cache_equal_torchvisions_model(coco_file, torch_home, monkeypatch):
     torch_home.mkdir(parents=True)
     os.symlink(coco_file, torch_home / COCO_V1_FILE)

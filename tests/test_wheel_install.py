@@ -85,6 +85,7 @@ def test_wheel_carries_the_course_data(wheel):
     assert not [n for n in names if n.startswith(("data/", "notebooks/", "tests/"))]
 
 
+@pytest.mark.heavy
 def test_fresh_venv_installs_the_wheel_and_predicts(wheel, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], env=_clean_env())

@@ -128,18 +128,19 @@ def summarise(runs: Sequence[dict]) -> Dict[str, dict]:
 def markdown(result: dict) -> str:
     """The tables of ``result`` (``ablations.json``'s content) in markdown, AP in percent."""
     summary = summarise(result["runs"])
+    # A row's seeds are its own: a later grid may have given the noisiest rows more seeds than the rest.
     lines = [f"Shapes ablations: {result['steps']} steps of {result['recipe']['batch_size']} images per run, "
-             f"held-out {result['heldout']}, mean ± std over seeds {result['seeds']}.", ""]
+             f"held-out {result['heldout']}, mean ± sample std over each row's seeds (n: how many).", ""]
     for key in result["tables"]:
         title, rows = TABLES[key]
-        lines += [f"### {title}", "", "| variant | box AP | mask AP | AP50 | AP75 | train s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"### {title}", "", "| variant | n | box AP | mask AP | AP50 | AP75 | train s |",
+                  "|---|---|---|---|---|---|---|"]
         for name, label in rows:
             if name not in summary:
                 continue
             s = summary[name]
             cell = lambda m, k=100.0: (f"{s[m][0] * k:.1f}" + (f" ± {s[m][1] * k:.1f}" if s[m][1] is not None else ""))
-            lines.append(f"| {label} | {cell('box_AP')} | {cell('mask_AP')} | {cell('mask_AP50')} | "
+            lines.append(f"| {label} | {len(s['seeds'])} | {cell('box_AP')} | {cell('mask_AP')} | {cell('mask_AP50')} | "
                          f"{cell('mask_AP75')} | {cell('train_seconds', 1.0)} |")
         lines.append("")
     return "\n".join(lines)
@@ -172,6 +173,11 @@ def run_grid(tables: Sequence[str], seeds: Sequence[int], steps: int, out_dir, r
         old = json.loads(json_path.read_text())
         if (old.get("steps"), old.get("recipe"), old.get("heldout")) == (steps, recipe, result["heldout"]):
             result["runs"], result["wall_seconds"] = old["runs"], old.get("wall_seconds", 0.0)
+            # A resumed grid may add rows or seeds: the file then holds both grids' tables and seeds.
+            result["tables"] = [t for t in TABLES if t in set(old["tables"]) | set(tables)]
+            result["seeds"] = sorted(set(old["seeds"]) | set(seeds))
+            if old.get("command") and old["command"] != result["command"]:
+                result["command"] = f"{old['command']} ; then {result['command']}"
         else:
             raise ValueError(f"{json_path} holds runs with other settings (steps, recipe or held-out split); "
                              "use another --out")
