@@ -6,6 +6,7 @@
     python -m mrcnn_lite.course make-assignments --out student/ notebooks/01_boxes_iou_nms.ipynb
     python -m mrcnn_lite.course grade student/01_boxes_iou_nms.ipynb --json grade.json
     python -m mrcnn_lite.course add-nbgrader-metadata notebooks/01_boxes_iou_nms.ipynb
+    python -m mrcnn_lite.course experiment levels --seeds 0,1 --budget full --out benchmarks/experiments
 """
 from __future__ import annotations
 
@@ -74,6 +75,22 @@ def cmd_add_nbgrader_metadata(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from .experiments import EXPERIMENTS, TABLE_METRICS, format_table, write_reference
+
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        print(f"--seeds must be integers separated by commas, got {args.seeds!r}", file=sys.stderr)
+        return 2
+    for name in names:
+        result = write_reference(name, seeds, args.budget, args.out)
+        print(format_table(result, TABLE_METRICS[name]))
+        print(f"{name}: {result['seconds']:.0f} s; wrote {args.out / (name + '.json')} and .md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mrcnn_lite.course",
@@ -124,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "value (the points) is the cell's result, which nbgrader reads as the score.")
     p.add_argument("notebooks", nargs="+", type=Path, help="solution notebook(s) to mark")
     p.set_defaults(func=cmd_add_nbgrader_metadata)
+
+    p = sub.add_parser("experiment", help="run a graded experiment of notebook 16 with the reference change",
+                       description="Run one of notebook 16's experiments (levels, anchors, mask_res, misalign; or "
+                                   "all) with the reference change for each seed and write OUT/<name>.json (the "
+                                   "results, the command, the machine) and OUT/<name>.md (a table): the reference "
+                                   "results a teacher reads beside the learners'.")
+    p.add_argument("name", choices=["levels", "anchors", "mask_res", "misalign", "all"])
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    p.add_argument("--budget", choices=["quick", "full"], default="full", help="quick (the notebook's) or full")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/experiments"), help="folder for the results")
+    p.set_defaults(func=cmd_experiment)
     return parser
 
 

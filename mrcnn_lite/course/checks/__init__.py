@@ -36,3 +36,7 @@ from .nb10_training import (check_lr_at, check_train_step_accumulate, reference_
                             reference_train_step_accumulate)
 from .nb11_evaluation import check_coco_ap, coco_ap_by_pycocotools, reference_coco_ap
 from .nb12_own_data import check_rle_decode, reference_rle_decode, rle_counts
+from .nb16_experiments import (check_experiment_anchors, check_experiment_anchors_prediction, check_experiment_levels,
+                               check_experiment_levels_prediction, check_experiment_mask_res,
+                               check_experiment_mask_res_prediction, check_experiment_misalign,
+                               check_experiment_misalign_prediction)
