@@ -74,7 +74,7 @@ def solutions():
 _SOLUTIONS = {}
 
 
-def test_there_are_six_labs_and_three_predictions():
+def test_there_are_eight_labs_two_across_stages_and_three_predictions():
     labs = [s for p in NOTEBOOKS for s in lab_cells(p)]
     assert len(labs) >= 6
     sources = "\n".join(c.source for p in NOTEBOOKS for c in nbformat.read(str(p), as_version=4).cells)
@@ -82,6 +82,10 @@ def test_there_are_six_labs_and_three_predictions():
     assert sum(sources.count(f"checks.check_{n}(") for n in
                ("decode_lab", "frozen_bn_lab", "flatten_head_lab", "level_lab", "training_proposals_lab",
                 "mask_loss_lab")) == 6
+    # the cross-stage labs (tests/test_cross_stage_labs.py): locating and fixing are checked separately
+    for n in ("model_nine", "model_eleven"):
+        assert sources.count(f"checks.check_{n}_locate_lab(") == 1 and sources.count(f"checks.check_{n}_lab(") == 1
+        assert sources.count(f"<!-- answer: {n}_why, 2 points, lab -->") == 1
 
 
 def test_every_notebook_has_an_exercise_and_a_check():

@@ -16,9 +16,12 @@ imported here so that a notebook needs only ``checks.<name>``. Three kinds of ex
 * debugging lab (``check_<...>_lab``): a component with a planted bug is handed out; the learner finds
   the bug with the notebook's pictures and fixes it; graded on random inputs *and* on real tensors of a
   briefly trained model (:mod:`mrcnn_lite.course.lab_case`);
+* cross-stage lab (``check_model_<...>_locate_lab`` and ``check_model_<...>_lab``): a whole model with one
+  planted bug (:mod:`mrcnn_lite.course.labs`); the learner names the broken stage (one of a list of suspects),
+  then writes the broken part correctly;
 * predict-then-run (``check_prediction``): a number or a choice written before the cell that computes it.
 """
-from .runner import RESULTS, CheckResult, check_prediction, compare, or_reference, run_check, run_parts
+from .runner import RESULTS, CheckResult, check_prediction, compare, or_reference, run_check, run_choice, run_parts
 from .nb01_boxes import check_box_iou, check_decode_lab, check_encode, check_nms, reference_decode, reference_encode
 from .nb02_backbone import check_bottleneck, check_frozen_bn_lab, reference_frozen_bn
 from .nb03_fpn import check_fpn_top_down, reference_fpn_top_down
@@ -31,10 +34,12 @@ from .nb07_box_head import (check_decode_class_boxes, check_fastrcnn_loss, check
                             check_training_proposals_lab, reference_decode_class_boxes, reference_fastrcnn_loss,
                             reference_training_proposals)
 from .nb08_mask_head import check_mask_loss_lab, check_mask_targets, reference_mask_loss, reference_mask_targets
-from .nb09_mask_rcnn import check_paste_mask, reference_paste_mask
+from .nb09_mask_rcnn import (check_model_nine_lab, check_model_nine_locate_lab, check_paste_mask,
+                             reference_mask_roi_pool, reference_paste_mask)
 from .nb10_training import (check_lr_at, check_train_step_accumulate, reference_lr_at, reference_train_step,
                             reference_train_step_accumulate)
-from .nb11_evaluation import check_coco_ap, coco_ap_by_pycocotools, reference_coco_ap
+from .nb11_evaluation import (check_coco_ap, check_model_eleven_lab, check_model_eleven_locate_lab,
+                              coco_ap_by_pycocotools, reference_coco_ap, reference_detection_candidates)
 from .nb12_own_data import check_rle_decode, reference_rle_decode, rle_counts
 from .nb16_experiments import (check_experiment_anchors, check_experiment_anchors_prediction, check_experiment_levels,
                                check_experiment_levels_prediction, check_experiment_mask_res,

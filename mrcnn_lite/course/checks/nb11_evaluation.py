@@ -1,4 +1,5 @@
-"""Checkers of notebook 11: COCO's AP of one precision-recall curve."""
+"""Checkers of notebook 11: COCO's AP of one precision-recall curve; the cross-stage lab "eleven" (where the
+handed-out model is broken, and the broken part written correctly)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Sequence, Tuple
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .runner import SEEDS, CheckResult, gen, run_check
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, run_choice
 
 
 COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -113,3 +114,53 @@ def check_coco_ap(fn: Callable, points: float = 3, name: str = "coco_ap") -> Che
     return run_check(name, fn, coco_ap_by_pycocotools, _coco_ap_cases(), points, atol=1e-12, rtol=1e-9,
                      call=_call_coco_ap, what="pycocotools' COCOeval.accumulate on the same ranked detections",
                      off_limits=(reference_coco_ap, "pycocotools.cocoeval:COCOeval"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-stage lab "eleven" (mrcnn_lite.course.labs): which stage of the handed-out model is broken, and
+# the broken part written correctly (the (RoI, class) candidates of the box head's postprocessing)
+# ----------------------------------------------------------------------------------------------
+def check_model_eleven_locate_lab(fn: Callable, points: float = 2, name: str = "model_eleven_locate_lab") -> CheckResult:
+    """Lab: ``fn() -> str``, the stage of ``lab_model("eleven")`` that is broken, one of ``labs.SUSPECTS["eleven"]``."""
+    from ..labs import SUSPECTS
+
+    return run_choice(name, fn, "detection labels", SUSPECTS["eleven"], points, what="the broken stage")
+
+
+def reference_detection_candidates(boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``boxes (R, K, 4)`` (each RoI decoded with each class's deltas), ``scores (R, K)`` (softmax, column 0
+    background) -> every (RoI, class >= 1) pair, RoI-major: ``boxes (R(K-1), 4)``, ``scores (R(K-1),)``,
+    ``labels (R(K-1),)`` int64 in ``1..K-1``; as ``box_head.postprocess_detections`` makes its candidates."""
+    labels = torch.arange(scores.shape[1], device=scores.device).view(1, -1).expand_as(scores)
+    return boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+
+
+def _candidates_cases():
+    from ..lab_case import load_lab_case
+
+    def case(g, R, K, boxes=None):
+        if boxes is None:
+            boxes = random_boxes(R, g, scale=120.0, min_size=2.0, max_size=60.0)
+        per_class = boxes[:, None, :] + torch.randn(len(boxes), K, 4, generator=g, dtype=boxes.dtype)
+        scores = torch.randn(len(boxes), K, generator=g, dtype=boxes.dtype).mul(3).softmax(-1)
+        return dict(boxes=per_class, scores=scores)
+
+    g = gen(110)
+    yield "one RoI, 4 classes (background, circle, square, triangle)", case(g, 1, 4)
+    yield "two classes only (background + one)", case(g, 5, 2)
+    yield "no RoIs", dict(boxes=torch.zeros(0, 4, 4, dtype=torch.float64), scores=torch.zeros(0, 4, dtype=torch.float64))
+    yield "COCO's 91 classes, 3 RoIs", case(g, 3, 91)
+    for seed in SEEDS:
+        g = gen(seed)
+        R, K = int(torch.randint(1, 60, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
+        yield f"random, seed {seed}: {R} RoIs, {K} classes", case(g, R, K)
+    lab = load_lab_case()
+    yield f"the trained model's {len(lab['proposals'])} proposals, 4 classes", case(gen(111), 0, 4, lab["proposals"])
+
+
+def check_model_eleven_lab(fn: Callable, points: float = 3, name: str = "model_eleven_lab") -> CheckResult:
+    """Lab: ``fn(boxes (R, K, 4), scores (R, K)) -> (boxes (R(K-1), 4), scores (R(K-1),), labels (R(K-1),))``."""
+    return run_check(name, fn, reference_detection_candidates, _candidates_cases(), points, exact=True,
+                     what="the candidates of mrcnn_lite.model.box_head.postprocess_detections",
+                     off_limits=("mrcnn_lite.model.box_head:postprocess_detections",
+                                 "torchvision.models.detection.roi_heads:RoIHeads.postprocess_detections"))

@@ -62,7 +62,8 @@ def _default_call(f: Callable, inputs: Dict[str, Any]) -> Any:
 class CheckSpec:
     """Everything a check needs except the learner's function: how to make the cases, call, compare.
 
-    ``kind`` is ``"cases"`` (:func:`run_parts`) or ``"prediction"`` (:func:`check_prediction`).
+    ``kind`` is ``"cases"`` (:func:`run_parts`), ``"prediction"`` (:func:`check_prediction`) or ``"choice"``
+    (:func:`run_choice`: one right answer among ``choices``, e.g. where a lab's bug is).
     ``cases`` is a generator: each side of a check takes its own spec, so each makes its own cases.
     """
 
@@ -114,8 +115,8 @@ def produce(spec: CheckSpec, fn: Callable) -> List[Dict[str, Any]]:
     or ``"off_limits"`` (``error`` names what was called)."""
     from . import off_limits
 
-    if spec.kind == "prediction":
-        cases = [("your prediction", {})]
+    if spec.kind in ("prediction", "choice"):
+        cases = [("your answer", {})]
         call = lambda f, inputs: f()  # noqa: E731
     else:
         cases, call = spec.cases, spec.call
@@ -152,6 +153,8 @@ def judge(spec: CheckSpec, outcomes: Sequence[Dict[str, Any]]) -> CheckResult:
     name = spec.name
     if spec.kind == "prediction":
         return _judge_prediction(spec, outcomes[0] if outcomes else {"status": "missing"})
+    if spec.kind == "choice":
+        return _judge_choice(spec, outcomes[0] if outcomes else {"status": "missing"})
     parts = list(spec.parts)
     total = float(sum(p for _, p, _ in parts))
     problems: Dict[int, str] = {}
@@ -327,3 +330,40 @@ def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
                            f"you predicted {answer!r}; the run gives {actual!r}")
     return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): you predicted "
                        f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?")
+
+
+def run_choice(name: str, answer_fn: Callable[[], Any], right: str, choices: Sequence[str], points: float = 1,
+               what: str = "") -> CheckResult:
+    """A question with one right answer among ``choices`` (strings), e.g. a lab's "which stage is broken?":
+    ``answer_fn()`` returns the learner's choice (case and surrounding spaces ignored). A wrong choice earns
+    0 and the message does not say which one is right (``what`` names what was asked, for the message)."""
+    if right not in choices:
+        raise ValueError(f"run_choice: the right answer {right!r} is not one of the choices {list(choices)}")
+    spec = CheckSpec("choice", name, float(points), actual=right, choices=tuple(choices), what=what)
+    if _CAPTURE:
+        _CAPTURE[-1].append(spec)
+        return CheckResult(name, False, 0, points, "not run: the spec was captured")
+    return _record(judge(spec, produce(spec, answer_fn)), True)
+
+
+def _judge_choice(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
+    name, points, right, choices = spec.name, spec.points, spec.actual, spec.choices
+    status = outcome.get("status")
+    if status == "todo":
+        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): not answered yet -- "
+                           f"replace the `raise NotImplementedError` with your answer.", implemented=False)
+    if status in ("off_limits", "error"):
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
+                           f"{'called' if status == 'off_limits' else 'raised'} {outcome['error']}")
+    if status != "ok":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
+    answer = outcome["got"]
+    norm = str(answer).strip().lower() if isinstance(answer, str) else None
+    if norm not in [c.lower() for c in choices]:
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer one of "
+                           f"{list(choices)} (a string), got {answer!r}")
+    if norm == right.lower():
+        return CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
+                           f"yes, {spec.what or 'the answer'} is {right!r}")
+    return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): not {answer!r}. Which "
+                       f"stage is the first whose output differs from the working model's?")
