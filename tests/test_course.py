@@ -739,3 +739,20 @@ def test_nbgrader_autograde_gives_the_course_graders_points(graded, nbgrader_cou
         assert theirs["grades"] == {e["name"]: e["points"] for e in ours["exercises"]}, (name, theirs, ours["stdout"])
     assert nbgrader_course["scores"][PARTIAL]["score"] == 1.5
     assert nbgrader_course["scores"][FULL]["score"] == _max_points(FULL)
+
+
+def test_teachers_table_is_the_course_list():
+    """docs/teachers.md's table of graded items is exactly what `course list --markdown` prints (same reading of
+    the notebooks as the grader), so a new or repointed item cannot leave the teachers' page stale."""
+    import re
+
+    from mrcnn_lite.course.assignments import default_notebooks
+    from mrcnn_lite.course.items import markdown_table, read_items
+
+    items = [i for p in default_notebooks(ROOT / "notebooks") for i in read_items(p)]
+    page = (ROOT / "docs" / "teachers.md").read_text()
+    block = re.search(r"<!-- BEGIN course list -->\n(.*?)\n<!-- END course list -->", page, re.S)
+    assert block, "docs/teachers.md lost its course-list markers"
+    assert block.group(1) == markdown_table(items), \
+        "docs/teachers.md's table is stale: paste `python -m mrcnn_lite.course list --markdown` between the markers"
+    assert {i.kind for i in items} == {"build", "lab", "experiment", "prediction"}

@@ -2,6 +2,7 @@
 
     python -m mrcnn_lite.course list                                       # every graded item, a table
     python -m mrcnn_lite.course list --json                                # the same, as JSON
+    python -m mrcnn_lite.course list --markdown                            # the teachers' table
     python -m mrcnn_lite.course make-assignments --out student/            # all notebooks/NN_*.ipynb
     python -m mrcnn_lite.course make-assignments --out student/ notebooks/01_boxes_iou_nms.ipynb
     python -m mrcnn_lite.course grade student/01_boxes_iou_nms.ipynb --json grade.json
@@ -30,12 +31,14 @@ def cmd_make_assignments(args) -> int:
 
 def cmd_list(args) -> int:
     from .assignments import default_notebooks
-    from .items import course_notebooks_dir, format_items, read_items
+    from .items import course_notebooks_dir, format_items, markdown_table, read_items
 
     notebooks = args.notebooks or default_notebooks(course_notebooks_dir())
     items = [item for path in notebooks for item in read_items(path)]
     if args.json:
         print(json.dumps([i.to_dict() for i in items], indent=1))
+    elif args.markdown:
+        print(markdown_table(items))
     else:
         print(format_items(items))
     return 0
@@ -103,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and add-nbgrader-metadata read the same items.")
     p.add_argument("notebooks", nargs="*", type=Path, help="notebooks to read (default: all notebooks/NN_*.ipynb)")
     p.add_argument("--json", action="store_true", help="print JSON: [{notebook, name, kind, points, graded}]")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the teachers' table (one row per notebook, as in docs/teachers.md)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("make-assignments", help="write student copies with the solutions removed",

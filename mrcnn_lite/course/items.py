@@ -150,3 +150,24 @@ def format_items(items: List[GradedItem]) -> str:
     by_kind = ", ".join(f"{sum(i.kind == k for i in items)} {k}" for k in KINDS)
     out.append(f"{len(items)} items ({by_kind}): {auto:g} points graded automatically, {hand:g} by hand")
     return "\n".join(out)
+
+
+def markdown_table(items: List[GradedItem]) -> str:
+    """The teachers' table: one row per notebook, the items of each kind with their points (``(by hand)`` for
+    the answers graded by hand), and the totals. docs/teachers.md holds this table as printed."""
+    notebooks = list(dict.fromkeys(i.notebook for i in items))
+    lines = ["| notebook | " + " | ".join(f"{k} (points)" for k in KINDS) + " |",
+             "|---|" + "---|" * len(KINDS)]
+    for nb in notebooks:
+        cells = []
+        for kind in KINDS:
+            cells.append(", ".join(f"`{i.name}` {i.points:g}" + (" (by hand)" if i.graded == "hand" else "")
+                                   for i in items if i.notebook == nb and i.kind == kind))
+        lines.append(f"| {nb[:2]} | " + " | ".join(cells) + " |")
+    auto = sum(i.points for i in items if i.graded == "auto")
+    hand = sum(i.points for i in items if i.graded == "hand")
+    by_kind = ", ".join(f"{sum(i.kind == k for i in items)} {k}" for k in KINDS)
+    lines += ["", f"{len(items)} items in {len(notebooks)} notebooks ({by_kind}): {auto:g} points graded "
+                  f"automatically, {hand:g} by hand."]
+    return "\n".join(lines)
+
