@@ -196,3 +196,13 @@ def test_the_notebooks_save_cells_carry_every_part_to_notebook_10(tmp_path, monk
     assert sorted(mine) == sorted(p.name for p in lm.PARTS)
     built = lm.learner_model(mine, CFG)
     assert all(r.yours for r in built.rows), built.table()
+
+
+def test_the_course_solution_code_trains_as_the_package(batch, package_losses):
+    """The same, with the course's own *written* solutions (what a learner who solved 01-09 has, loops and all)
+    in every seam, through the checkers: float64 losses equal to the package model's for STEPS steps."""
+    built = lm.learner_model(lm.course_solutions(), CFG)
+    assert built.yours == [p.name for p in lm.PARTS], built.table()
+    losses = _train(lambda: lm.learner_model(lm.course_solutions(), CFG, check=False).model, batch)
+    print("max relative difference of the losses:", _max_rel(losses, package_losses))
+    assert _max_rel(losses, package_losses) < 1e-10

@@ -1,9 +1,9 @@
 """The learner's model with the reference solutions, trained through the whole course recipe next to the package model.
 
 Notebook 10 trains "your own Mask R-CNN": the course model with the functions a learner wrote in notebooks
-01-09 (``mrcnn_lite/course/learner_model.py``). This bench trains it with the *reference solutions* (the
-package's functions with the exercises' signatures, ``learner_model.reference_parts()``), and the package
-model, with the same recipe (``TINY_SHAPES_RECIPE``), the same seed and the same data, one after the
+01-09 (``mrcnn_lite/course/learner_model.py``). This bench trains it with the *reference solutions*, the course's
+own solution code read from the solution notebooks (``learner_model.course_solutions()``: written code, which
+passes the checkers as a learner's would), and the package model, with the same recipe (``TINY_SHAPES_RECIPE``), the same seed and the same data, one after the
 other in this process, then reports for both the held-out AP on ``ShapesDataset(100, seed=99)`` and the
 training time. With correct parts the two should reach the same AP (float32 and bf16 round-off make
 the runs drift apart, so not to the last digit); the time says what the adapters cost (a learner's
@@ -67,7 +67,10 @@ def main(argv=None) -> int:
     batch_set = ShapesDataset(4, seed=args.seed, min_shapes=5, max_shapes=12)
     images, targets = map(list, zip(*[batch_set[i] for i in range(4)]))
     targets = [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets]
-    everything = lm.learner_model(lm.reference_parts(), cfg)
+    # The course's own solutions, read from the solution notebooks: written code, as a learner's is (the package's
+    # functions themselves would be refused by the checkers and replaced by the package's parts).
+    solutions = lm.course_solutions()
+    everything = lm.learner_model(solutions, cfg)
     torch.manual_seed(args.seed)
     amp = args.amp or lm.amp_for_this_cpu()
     everything.measure(images, targets, package_model=ml.build_model(cfg), amp=amp)
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     for name in ("learner", "package"):
         torch.manual_seed(args.seed)
         if name == "learner":
-            built = lm.learner_model(lm.reference_parts(), cfg, package=package, why_package="--package")
+            built = lm.learner_model(solutions, cfg, package=package, why_package="--package")
             model = built.model
             log(f"\nlearner's model: yours = {', '.join(built.yours)}; package's = {', '.join(package) or 'none'}")
         else:
