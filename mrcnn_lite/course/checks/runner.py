@@ -62,7 +62,8 @@ def _default_call(f: Callable, inputs: Dict[str, Any]) -> Any:
 class CheckSpec:
     """Everything a check needs except the learner's function: how to make the cases, call, compare.
 
-    ``kind`` is ``"cases"`` (:func:`run_parts`) or ``"prediction"`` (:func:`check_prediction`).
+    ``kind`` is ``"cases"`` (:func:`run_parts`), ``"prediction"`` (:func:`check_prediction`) or ``"choice"``
+    (:func:`check_choice`, a lab's question "where is the bug?").
     ``cases`` is a generator: each side of a check takes its own spec, so each makes its own cases.
     """
 
@@ -114,8 +115,8 @@ def produce(spec: CheckSpec, fn: Callable) -> List[Dict[str, Any]]:
     or ``"off_limits"`` (``error`` names what was called)."""
     from . import off_limits
 
-    if spec.kind == "prediction":
-        cases = [("your prediction", {})]
+    if spec.kind in ("prediction", "choice"):
+        cases = [("your answer", {})]
         call = lambda f, inputs: f()  # noqa: E731
     else:
         cases, call = spec.cases, spec.call
@@ -152,6 +153,8 @@ def judge(spec: CheckSpec, outcomes: Sequence[Dict[str, Any]]) -> CheckResult:
     name = spec.name
     if spec.kind == "prediction":
         return _judge_prediction(spec, outcomes[0] if outcomes else {"status": "missing"})
+    if spec.kind == "choice":
+        return _judge_choice(spec, outcomes[0] if outcomes else {"status": "missing"})
     parts = list(spec.parts)
     total = float(sum(p for _, p, _ in parts))
     problems: Dict[int, str] = {}
@@ -327,3 +330,60 @@ def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
                            f"you predicted {answer!r}; the run gives {actual!r}")
     return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): you predicted "
                        f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?")
+
+
+def _as_choice_set(answer: Any) -> Optional[frozenset]:
+    """A choice answer as a set of lower-case names: one string, or a list/tuple/set of strings."""
+    if isinstance(answer, str):
+        answer = [answer]
+    if not isinstance(answer, (list, tuple, set, frozenset)) or not all(isinstance(a, str) for a in answer):
+        return None
+    return frozenset(a.strip().lower() for a in answer)
+
+
+def check_choice(answer: Callable[[], Any], right: Any, choices: Sequence[str], points: float = 1,
+                 name: str = "choice", what: str = "") -> CheckResult:
+    """A question answered by naming one of ``choices`` (a debugging lab's "where is the bug?").
+
+    ``answer()`` returns one of ``choices`` as a string, or, where ``right`` names several (a lab with two
+    planted bugs), a list or tuple of them in any order; case and surrounding spaces are ignored. Only the
+    exact set ``right`` earns the points. A wrong answer is told that it is wrong, never what is right, so that
+    the learner looks again with the tools; ``what`` says in a few words what a right answer found.
+    """
+    right_set = _as_choice_set(right)
+    if right_set is None or not right_set <= {c.lower() for c in choices}:
+        raise ValueError(f"check_choice: right={right!r} must be one or several of choices={list(choices)}")
+    spec = CheckSpec("choice", name, float(points), actual=tuple(sorted(right_set)), choices=tuple(choices),
+                     what=what)
+    if _CAPTURE:
+        _CAPTURE[-1].append(spec)
+        return CheckResult(name, False, 0, points, "not run: the spec was captured")
+    return _record(judge(spec, produce(spec, answer)), True)
+
+
+def _judge_choice(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
+    name, points, choices = spec.name, spec.points, list(spec.choices or ())
+    status = outcome.get("status")
+    if status == "todo":
+        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): not answered yet -- "
+                           f"replace the `raise NotImplementedError` with your answer.", implemented=False)
+    if status == "off_limits":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
+                           f"called {outcome['error']}")
+    if status == "error":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
+                           f"raised {outcome['error']}")
+    if status != "ok":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
+    answer = outcome["got"]
+    got = _as_choice_set(answer)
+    if got is None or not got or not got <= {c.lower() for c in choices}:
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer with one of "
+                           f"{choices} (or a list of them), got {answer!r}")
+    right = frozenset(spec.actual)
+    if got == right:
+        return CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
+                           f"{spec.what or 'that is where the bug is'}")
+    hint = "" if len(right) == len(got) else f"; the bug is in {'one place' if len(right) == 1 else f'{len(right)} places'}"
+    return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): {sorted(got)} is not "
+                       f"where the bug is{hint}. Look again with the tools, then answer.")
