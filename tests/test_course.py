@@ -61,7 +61,10 @@ def lab_cells(path: Path):
 def solutions():
     """name -> the notebook's solution function/class (every exercise cell executed) and the labs'
     handed-out buggy components (``lab_...``)."""
-    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou}
+    from mrcnn_lite.model import mask_head
+
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou,
+          "mask_head": mask_head}
     for path in NOTEBOOKS:
         for source in exercise_cells(path) + lab_cells(path):
             exec(compile(source, str(path), "exec"), ns)
