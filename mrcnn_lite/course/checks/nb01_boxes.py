@@ -136,10 +136,13 @@ def check_decode_lab(fn: Callable, points: float = 3, name: str = "decode_lab") 
                                  "torchvision.models.detection._utils:BoxCoder"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 1, two bugs).
 DECODE_PARTS = ("anchor_centre", "clamp", "centre_shift", "new_size", "corners")
 
 
 def check_decode_locate_lab(fn: Callable, points: float = 1, name: str = "decode_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of DECODE_PARTS, lab_decode's named parts (Lab 1)."""
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``DECODE_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, ("centre_shift", "new_size"), DECODE_PARTS, points=points, name=name,
-                        what="the new centre (pred_ctr_x, pred_ctr_y) and the new size (pred_w, pred_h) each take the other axis's delta")
+                        what="the new centre (pred_ctr_x, pred_ctr_y) and the new size (pred_w, pred_h) "
+                             "each take the other axis's delta")

@@ -105,10 +105,12 @@ def check_frozen_bn_lab(fn: Callable, points: float = 2, name: str = "frozen_bn_
                      off_limits=(FrozenBatchNorm2d, "torchvision.ops.misc:FrozenBatchNorm2d"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 2).
 FROZEN_BN_PARTS = ("mean", "scale", "eps", "bias")
 
 
 def check_frozen_bn_locate_lab(fn: Callable, points: float = 1, name: str = "frozen_bn_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of FROZEN_BN_PARTS, lab_frozen_bn's named parts (Lab 2)."""
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``FROZEN_BN_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, "mean", FROZEN_BN_PARTS, points=points, name=name,
                         what="the mean is the batch's own, not the stored running_mean")

@@ -134,10 +134,14 @@ def check_flatten_head_lab(fn: Callable, points: float = 3, name: str = "flatten
                      off_limits=(concat_box_prediction_layers, "torchvision.models.detection.rpn:concat_box_prediction_layers"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 3, two bugs).
 FLATTEN_HEAD_PARTS = ("anchors", "objectness", "deltas", "decoding")
 
 
-def check_flatten_head_locate_lab(fn: Callable, points: float = 1, name: str = "flatten_head_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of FLATTEN_HEAD_PARTS, the candidate causes of Lab 3."""
+def check_flatten_head_locate_lab(fn: Callable, points: float = 1,
+                                  name: str = "flatten_head_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``FLATTEN_HEAD_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, ("objectness", "deltas"), FLATTEN_HEAD_PARTS, points=points, name=name,
-                        what="both outputs are flattened in the head's channel-first order, not the anchors' (y, x, anchor) order")
+                        what="both outputs are flattened in the head's channel-first order, "
+                             "not the anchors' (y, x, anchor) order")

@@ -112,10 +112,12 @@ def check_level_lab(fn: Callable, points: float = 2, name: str = "level_lab") ->
                      off_limits=(map_levels, "torchvision.ops.poolers:LevelMapper"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 4).
 LEVEL_PARTS = ("box_scale", "k0", "canonical_size", "epsilon", "clamp")
 
 
 def check_level_locate_lab(fn: Callable, points: float = 1, name: str = "level_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of LEVEL_PARTS, lab_level_for_boxes's named parts (Lab 4)."""
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``LEVEL_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, "canonical_size", LEVEL_PARTS, points=points, name=name,
                         what="the canonical size is 128, not the 224 of FPN eq. 1")

@@ -183,10 +183,14 @@ def check_sample_balanced(fn: Callable, points: float = 3, name: str = "sample_b
                                  "torchvision.models.detection._utils:BalancedPositiveNegativeSampler"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 5).
 TRAINING_PROPOSALS_PARTS = ("iou", "best_match", "threshold", "rois")
 
 
-def check_training_proposals_locate_lab(fn: Callable, points: float = 1, name: str = "training_proposals_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of TRAINING_PROPOSALS_PARTS, lab_training_proposals's named parts (Lab 5)."""
+def check_training_proposals_locate_lab(fn: Callable, points: float = 1,
+                                        name: str = "training_proposals_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``TRAINING_PROPOSALS_PARTS``,
+    or a list of them for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, "rois", TRAINING_PROPOSALS_PARTS, points=points, name=name,
-                        what="the RoIs are the proposals alone: the ground-truth boxes are missing from them")
+                        what="the RoIs are the proposals alone: the ground-truth boxes are missing "
+                             "from them")

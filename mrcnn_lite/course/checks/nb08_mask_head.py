@@ -81,10 +81,12 @@ def check_mask_loss_lab(fn: Callable, points: float = 2, name: str = "mask_loss_
                      off_limits=(maskrcnn_loss, "torchvision.models.detection.roi_heads:maskrcnn_loss"))
 
 
+# The candidates the lab's text names, in its order; where the bug is (Lab 6).
 MASK_LOSS_PARTS = ("target_masks", "target_boxes", "class_channel", "loss")
 
 
 def check_mask_loss_locate_lab(fn: Callable, points: float = 1, name: str = "mask_loss_locate_lab") -> CheckResult:
-    """Lab, step 1 (before the fix): ``fn()`` names where the bug is, one (or a list) of MASK_LOSS_PARTS, lab_mask_loss's named parts (Lab 6)."""
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``MASK_LOSS_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
     return check_choice(fn, "target_boxes", MASK_LOSS_PARTS, points=points, name=name,
                         what="the targets are cropped with the GT boxes, not with the proposals the head sees")

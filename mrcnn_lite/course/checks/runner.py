@@ -384,6 +384,7 @@ def _judge_choice(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
     if got == right:
         return CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
                            f"{spec.what or 'that is where the bug is'}")
-    hint = "" if len(right) == len(got) else f"; the bug is in {'one place' if len(right) == 1 else f'{len(right)} places'}"
+    places = "one place" if len(right) == 1 else f"{len(right)} places"
+    hint = "" if len(right) == len(got) else f"; the bug is in {places}"
     return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): {sorted(got)} is not "
                        f"where the bug is{hint}. Look again with the tools, then answer.")
