@@ -61,7 +61,10 @@ def lab_cells(path: Path):
 def solutions():
     """name -> the notebook's solution function/class (every exercise cell executed) and the labs'
     handed-out buggy components (``lab_...``)."""
-    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou}
+    from mrcnn_lite.model import mask_head
+
+    ns = {"torch": torch, "math": math, "nn": nn, "F": F, "ml": ml, "np": np, "box_iou": ml.ops.box_iou,
+          "mask_head": mask_head}
     for path in NOTEBOOKS:
         for source in exercise_cells(path) + lab_cells(path):
             exec(compile(source, str(path), "exec"), ns)
@@ -79,12 +82,16 @@ def test_there_are_eight_labs_two_across_stages_and_three_predictions():
     assert len(labs) >= 6
     sources = "\n".join(c.source for p in NOTEBOOKS for c in nbformat.read(str(p), as_version=4).cells)
     assert sources.count("checks.check_prediction(") >= 3
-    assert sum(sources.count(f"checks.check_{n}(") for n in
-               ("decode_lab", "frozen_bn_lab", "flatten_head_lab", "level_lab", "training_proposals_lab",
-                "mask_loss_lab")) == 6
+    labs = ("decode", "frozen_bn", "flatten_head", "level", "training_proposals", "mask_loss")
+    assert sum(sources.count(f"checks.check_{n}_lab(") for n in labs) == 6
+    # Each lab asks where its bug is (1 point) before it is fixed: the locate check comes first.
+    assert sum(sources.count(f"checks.check_{n}_locate_lab(") for n in labs) == 6
+    for n in labs:
+        assert sources.index(f"checks.check_{n}_locate_lab(") < sources.index(f"checks.check_{n}_lab("), n
     # the cross-stage labs (tests/test_cross_stage_labs.py): locating and fixing are checked separately
     for n in ("model_nine", "model_eleven"):
         assert sources.count(f"checks.check_{n}_locate_lab(") == 1 and sources.count(f"checks.check_{n}_lab(") == 1
+        assert sources.index(f"checks.check_{n}_locate_lab(") < sources.index(f"checks.check_{n}_lab("), n
         assert sources.count(f"<!-- answer: {n}_why, 2 points, lab -->") == 1
 
 
@@ -400,6 +407,66 @@ def test_half_fixed_decode_lab_earns_half_the_points(solutions, capsys):
     assert "part 'box centres' (1.5 points): PASS" in result.message
     assert "part 'box sizes' (1.5 points): FAIL" in result.message
     assert repr(result) == "1.5"            # the check cell's value: nbgrader's partial credit
+
+
+# ------------------------------------------------------------------------------------------------
+# The labs' "where is the bug?" questions: only the right named part(s) earn the point
+# ------------------------------------------------------------------------------------------------
+from mrcnn_lite.course.checks import nb01_boxes, nb02_backbone, nb05_rpn, nb06_roi, nb07_box_head, nb08_mask_head  # noqa: E402
+
+LOCATES = {  # checker, the lab's candidates, the right answer
+    "decode_locate_lab": (checks.check_decode_locate_lab, nb01_boxes.DECODE_PARTS, {"centre_shift", "new_size"}),
+    "frozen_bn_locate_lab": (checks.check_frozen_bn_locate_lab, nb02_backbone.FROZEN_BN_PARTS, {"mean"}),
+    "flatten_head_locate_lab": (checks.check_flatten_head_locate_lab, nb05_rpn.FLATTEN_HEAD_PARTS,
+                                {"objectness", "deltas"}),
+    "level_locate_lab": (checks.check_level_locate_lab, nb06_roi.LEVEL_PARTS, {"canonical_size"}),
+    "training_proposals_locate_lab": (checks.check_training_proposals_locate_lab,
+                                      nb07_box_head.TRAINING_PROPOSALS_PARTS, {"rois"}),
+    "mask_loss_locate_lab": (checks.check_mask_loss_locate_lab, nb08_mask_head.MASK_LOSS_PARTS, {"target_boxes"}),
+}
+
+
+@pytest.mark.parametrize("name", list(LOCATES))
+def test_locate_question_wants_exactly_the_right_part(name, capsys):
+    check, choices, right = LOCATES[name]
+    assert len(choices) >= 4 and right <= set(choices)
+    answer = sorted(right)[0] if len(right) == 1 else sorted(right)
+    result = check(lambda: answer)
+    assert result.passed and result.points == 1 and result.message.startswith(f"PASS  {name} (1/1 points)")
+    if len(right) > 1:       # any order, any case, spaces ignored
+        assert check(lambda: tuple(f" {c.upper()} " for c in reversed(answer))).passed
+    wrong_answers = [c for c in choices if {c} != right]
+    wrong_answers.append(sorted(right) + [next(c for c in choices if c not in right)])   # one part too many
+    if len(right) > 1:
+        wrong_answers.append(sorted(right)[:1])                                            # one bug of two
+    for wrong in wrong_answers:
+        result = check(lambda: wrong)
+        assert not result.passed and result.implemented and result.points == 0, (wrong, result.message)
+        assert "is not where the bug is" in result.message
+        assert not any(f"'{c}'" in result.message for c in right - set([wrong] if isinstance(wrong, str) else wrong))
+    for odd in ("somewhere", 3, ["mean", 4], []):
+        result = check(lambda: odd)
+        assert not result.passed and "answer with one of" in result.message, (odd, result.message)
+
+
+@pytest.mark.parametrize("name", list(LOCATES))
+def test_locate_question_not_answered_is_todo(name, capsys):
+    def todo():
+        raise NotImplementedError
+    result = LOCATES[name][0](todo)
+    assert not result.passed and not result.implemented and result.points == 0
+    assert result.message.startswith(f"TODO  {name} (0/1 points)")
+
+
+def test_locate_question_is_graded_from_its_spec(capsys):
+    """The grader judges a locate answer outside the learner's process, from the checker's spec alone."""
+    from mrcnn_lite.course.checks import runner
+
+    spec = runner.spec_of(checks.check_level_locate_lab, None, points=1)
+    assert spec.kind == "choice" and spec.actual == ("canonical_size",)
+    assert runner.judge(spec, runner.produce(spec, lambda: "Canonical_Size")).passed
+    assert not runner.judge(spec, runner.produce(spec, lambda: "k0")).passed
+    assert runner.judge(spec, []).message.startswith("FAIL  level_locate_lab (0/1 points): no answer")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -73,14 +73,15 @@ def test_locate_passes_the_right_suspect_only(lab, capsys):
     for suspect in wrong:
         result = LOCATE[lab](lambda: suspect, points=2)
         assert not result.passed and result.points == 0, suspect
-        assert f"not {suspect!r}" in result.message and RIGHT[lab] not in result.message, result.message
+        assert f"[{suspect!r}] is not where the bug is" in result.message and RIGHT[lab] not in result.message, \
+            result.message
 
 
 @pytest.mark.parametrize("lab", ["nine", "eleven"])
 def test_locate_names_the_choices_for_an_answer_off_the_list(lab, capsys):
     for answer in ("roi align", 3, None):
         result = LOCATE[lab](lambda: answer, points=2)
-        assert result.points == 0 and "answer one of [" in result.message, result.message
+        assert result.points == 0 and "answer with one of [" in result.message, result.message
 
     def todo():
         raise NotImplementedError
@@ -90,8 +91,8 @@ def test_locate_names_the_choices_for_an_answer_off_the_list(lab, capsys):
 
 
 def test_a_choice_whose_right_answer_is_not_a_choice_is_refused():
-    with pytest.raises(ValueError, match="not one of the choices"):
-        checks.run_choice("q", lambda: "a", "c", ("a", "b"))
+    with pytest.raises(ValueError, match="must be one or several of choices"):
+        checks.check_choice(lambda: "a", "c", ("a", "b"), name="q")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops
-from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, run_parts
+from .runner import SEEDS, CheckResult, check_choice, gen, random_boxes, run_check, run_parts
 
 
 def _box_iou_cases():
@@ -134,3 +134,15 @@ def check_decode_lab(fn: Callable, points: float = 3, name: str = "decode_lab") 
                      what="mrcnn_lite.ops.BoxCoder((1, 1, 1, 1)).decode_single",
                      off_limits=(ops.BoxCoder.decode, ops.BoxCoder.decode_single,
                                  "torchvision.models.detection._utils:BoxCoder"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 1, two bugs).
+DECODE_PARTS = ("anchor_centre", "clamp", "centre_shift", "new_size", "corners")
+
+
+def check_decode_locate_lab(fn: Callable, points: float = 1, name: str = "decode_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``DECODE_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, ("centre_shift", "new_size"), DECODE_PARTS, points=points, name=name,
+                        what="the new centre (pred_ctr_x, pred_ctr_y) and the new size (pred_w, pred_h) "
+                             "each take the other axis's delta")

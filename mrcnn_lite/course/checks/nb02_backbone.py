@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ...model.backbone import Bottleneck
 from ...model.frozen_bn import FrozenBatchNorm2d
-from .runner import SEEDS, CheckResult, gen, run_check
+from .runner import SEEDS, CheckResult, check_choice, gen, run_check
 
 
 def _randomize(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -103,3 +103,14 @@ def check_frozen_bn_lab(fn: Callable, points: float = 2, name: str = "frozen_bn_
     return run_check(name, fn, reference_frozen_bn, _frozen_bn_cases(), points, atol=1e-5, rtol=1e-5,
                      what="mrcnn_lite.model.frozen_bn.FrozenBatchNorm2d",
                      off_limits=(FrozenBatchNorm2d, "torchvision.ops.misc:FrozenBatchNorm2d"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 2).
+FROZEN_BN_PARTS = ("mean", "scale", "eps", "bias")
+
+
+def check_frozen_bn_locate_lab(fn: Callable, points: float = 1, name: str = "frozen_bn_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``FROZEN_BN_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, "mean", FROZEN_BN_PARTS, points=points, name=name,
+                        what="the mean is the batch's own, not the stored running_mean")

@@ -9,7 +9,7 @@ from torch import Tensor
 from ...config import tiny
 from ...model.rpn import RegionProposalNetwork, build_rpn, rpn_loss
 from ...model.rpn_head import concat_box_prediction_layers
-from .runner import SEEDS, CheckResult, gen, run_check, run_parts
+from .runner import SEEDS, CheckResult, check_choice, gen, run_check, run_parts
 
 
 def reference_rpn_loss(objectness: Tensor, pred_bbox_deltas: Tensor, labels: Tensor, regression_targets: Tensor,
@@ -132,3 +132,16 @@ def check_flatten_head_lab(fn: Callable, points: float = 3, name: str = "flatten
                      [("objectness", points / 3, lambda out: out[0]), ("deltas", 2 * points / 3, lambda out: out[1])],
                      exact=True, what="mrcnn_lite.model.rpn_head.concat_box_prediction_layers",
                      off_limits=(concat_box_prediction_layers, "torchvision.models.detection.rpn:concat_box_prediction_layers"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 3, two bugs).
+FLATTEN_HEAD_PARTS = ("anchors", "objectness", "deltas", "decoding")
+
+
+def check_flatten_head_locate_lab(fn: Callable, points: float = 1,
+                                  name: str = "flatten_head_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``FLATTEN_HEAD_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, ("objectness", "deltas"), FLATTEN_HEAD_PARTS, points=points, name=name,
+                        what="both outputs are flattened in the head's channel-first order, "
+                             "not the anchors' (y, x, anchor) order")

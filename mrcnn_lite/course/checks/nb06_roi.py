@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ... import ops
 from ...ops.poolers import map_levels
-from .runner import SEEDS, CheckResult, gen, random_boxes, run_check
+from .runner import SEEDS, CheckResult, check_choice, gen, random_boxes, run_check
 
 
 def reference_bilinear(f: Tensor, y: float, x: float) -> Tensor:
@@ -110,3 +110,14 @@ def check_level_lab(fn: Callable, points: float = 2, name: str = "level_lab") ->
     return run_check(name, fn, reference_level_for_boxes, _level_cases(), points, exact=True,
                      what="mrcnn_lite.ops.poolers.map_levels (FPN eq. 1, k0 = 4, canonical size 224)",
                      off_limits=(map_levels, "torchvision.ops.poolers:LevelMapper"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 4).
+LEVEL_PARTS = ("box_scale", "k0", "canonical_size", "epsilon", "clamp")
+
+
+def check_level_locate_lab(fn: Callable, points: float = 1, name: str = "level_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``LEVEL_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, "canonical_size", LEVEL_PARTS, points=points, name=name,
+                        what="the canonical size is 128, not the 224 of FPN eq. 1")

@@ -9,7 +9,7 @@ from torch import Tensor
 from ... import ops
 from ...model.box_head import add_gt_proposals, assign_targets_to_proposals, fastrcnn_loss
 from ...model.matching import BalancedPositiveNegativeSampler, Matcher
-from .runner import SEEDS, CheckResult, gen, random_boxes, run_check
+from .runner import SEEDS, CheckResult, check_choice, gen, random_boxes, run_check
 
 
 def reference_fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor,
@@ -181,3 +181,16 @@ def check_sample_balanced(fn: Callable, points: float = 3, name: str = "sample_b
                      what="the counts of mrcnn_lite's BalancedPositiveNegativeSampler",
                      off_limits=(BalancedPositiveNegativeSampler,
                                  "torchvision.models.detection._utils:BalancedPositiveNegativeSampler"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 5).
+TRAINING_PROPOSALS_PARTS = ("iou", "best_match", "threshold", "rois")
+
+
+def check_training_proposals_locate_lab(fn: Callable, points: float = 1,
+                                        name: str = "training_proposals_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``TRAINING_PROPOSALS_PARTS``,
+    or a list of them for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, "rois", TRAINING_PROPOSALS_PARTS, points=points, name=name,
+                        what="the RoIs are the proposals alone: the ground-truth boxes are missing "
+                             "from them")

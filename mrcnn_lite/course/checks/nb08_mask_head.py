@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...model.mask_head import maskrcnn_loss, project_masks_on_boxes
-from .runner import SEEDS, CheckResult, gen, random_boxes, random_masks, run_check
+from .runner import SEEDS, CheckResult, check_choice, gen, random_boxes, random_masks, run_check
 
 
 def reference_mask_targets(gt_masks: Tensor, proposals: Tensor, matched_idxs: Tensor, M: int) -> Tensor:
@@ -79,3 +79,14 @@ def check_mask_loss_lab(fn: Callable, points: float = 2, name: str = "mask_loss_
     return run_check(name, fn, reference_mask_loss, _mask_loss_cases(), points, atol=1e-5, rtol=1e-5,
                      what="mrcnn_lite.model.mask_head.maskrcnn_loss",
                      off_limits=(maskrcnn_loss, "torchvision.models.detection.roi_heads:maskrcnn_loss"))
+
+
+# The candidates the lab's text names, in its order; where the bug is (Lab 6).
+MASK_LOSS_PARTS = ("target_masks", "target_boxes", "class_channel", "loss")
+
+
+def check_mask_loss_locate_lab(fn: Callable, points: float = 1, name: str = "mask_loss_locate_lab") -> CheckResult:
+    """Lab, step 1 (before the fix): ``fn()`` names where the bug is: one of ``MASK_LOSS_PARTS``, or a list of them
+    for a lab with two bugs. Only the right part(s) earn the point."""
+    return check_choice(fn, "target_boxes", MASK_LOSS_PARTS, points=points, name=name,
+                        what="the targets are cropped with the GT boxes, not with the proposals the head sees")

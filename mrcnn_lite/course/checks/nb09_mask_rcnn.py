@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...model.transform import paste_masks_in_image
 from ...ops.poolers import MultiScaleRoIAlign, infer_scale, setup_scales
-from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, run_choice
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, check_choice
 
 
 def reference_paste_mask(mask: Tensor, box: Sequence[float], image_size: Tuple[int, int]) -> Tensor:
@@ -57,7 +57,8 @@ def check_model_nine_locate_lab(fn: Callable, points: float = 2, name: str = "mo
     """Lab: ``fn() -> str``, the stage of ``lab_model("nine")`` that is broken, one of ``labs.SUSPECTS["nine"]``."""
     from ..labs import SUSPECTS
 
-    return run_choice(name, fn, "mask pooling", SUSPECTS["nine"], points, what="the broken stage")
+    return check_choice(fn, "mask pooling", SUSPECTS["nine"], points=points, name=name,
+                        what="that is the first stage whose output differs from the working model\'s")
 
 
 def reference_mask_roi_pool(features: Sequence[Tensor], boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:

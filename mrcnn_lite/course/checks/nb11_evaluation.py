@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, run_choice
+from .runner import SEEDS, CheckResult, gen, random_boxes, run_check, check_choice
 
 
 COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -124,7 +124,8 @@ def check_model_eleven_locate_lab(fn: Callable, points: float = 2, name: str = "
     """Lab: ``fn() -> str``, the stage of ``lab_model("eleven")`` that is broken, one of ``labs.SUSPECTS["eleven"]``."""
     from ..labs import SUSPECTS
 
-    return run_choice(name, fn, "detection labels", SUSPECTS["eleven"], points, what="the broken stage")
+    return check_choice(fn, "detection labels", SUSPECTS["eleven"], points=points, name=name,
+                        what="that is the first stage whose output differs from the working model\'s")
 
 
 def reference_detection_candidates(boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -63,7 +63,7 @@ class CheckSpec:
     """Everything a check needs except the learner's function: how to make the cases, call, compare.
 
     ``kind`` is ``"cases"`` (:func:`run_parts`), ``"prediction"`` (:func:`check_prediction`) or ``"choice"``
-    (:func:`run_choice`: one right answer among ``choices``, e.g. where a lab's bug is).
+    (:func:`check_choice`, a lab's question "where is the bug?").
     ``cases`` is a generator: each side of a check takes its own spec, so each makes its own cases.
     """
 
@@ -332,38 +332,59 @@ def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
                        f"{answer!r}; the run gives {actual!r}. Where did your reasoning go wrong?")
 
 
-def run_choice(name: str, answer_fn: Callable[[], Any], right: str, choices: Sequence[str], points: float = 1,
-               what: str = "") -> CheckResult:
-    """A question with one right answer among ``choices`` (strings), e.g. a lab's "which stage is broken?":
-    ``answer_fn()`` returns the learner's choice (case and surrounding spaces ignored). A wrong choice earns
-    0 and the message does not say which one is right (``what`` names what was asked, for the message)."""
-    if right not in choices:
-        raise ValueError(f"run_choice: the right answer {right!r} is not one of the choices {list(choices)}")
-    spec = CheckSpec("choice", name, float(points), actual=right, choices=tuple(choices), what=what)
+def _as_choice_set(answer: Any) -> Optional[frozenset]:
+    """A choice answer as a set of lower-case names: one string, or a list/tuple/set of strings."""
+    if isinstance(answer, str):
+        answer = [answer]
+    if not isinstance(answer, (list, tuple, set, frozenset)) or not all(isinstance(a, str) for a in answer):
+        return None
+    return frozenset(a.strip().lower() for a in answer)
+
+
+def check_choice(answer: Callable[[], Any], right: Any, choices: Sequence[str], points: float = 1,
+                 name: str = "choice", what: str = "") -> CheckResult:
+    """A question answered by naming one of ``choices`` (a debugging lab's "where is the bug?").
+
+    ``answer()`` returns one of ``choices`` as a string, or, where ``right`` names several (a lab with two
+    planted bugs), a list or tuple of them in any order; case and surrounding spaces are ignored. Only the
+    exact set ``right`` earns the points. A wrong answer is told that it is wrong, never what is right, so that
+    the learner looks again with the tools; ``what`` says in a few words what a right answer found.
+    """
+    right_set = _as_choice_set(right)
+    if right_set is None or not right_set <= {c.lower() for c in choices}:
+        raise ValueError(f"check_choice: right={right!r} must be one or several of choices={list(choices)}")
+    spec = CheckSpec("choice", name, float(points), actual=tuple(sorted(right_set)), choices=tuple(choices),
+                     what=what)
     if _CAPTURE:
         _CAPTURE[-1].append(spec)
         return CheckResult(name, False, 0, points, "not run: the spec was captured")
-    return _record(judge(spec, produce(spec, answer_fn)), True)
+    return _record(judge(spec, produce(spec, answer)), True)
 
 
 def _judge_choice(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
-    name, points, right, choices = spec.name, spec.points, spec.actual, spec.choices
+    name, points, choices = spec.name, spec.points, list(spec.choices or ())
     status = outcome.get("status")
     if status == "todo":
         return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): not answered yet -- "
                            f"replace the `raise NotImplementedError` with your answer.", implemented=False)
-    if status in ("off_limits", "error"):
+    if status == "off_limits":
         return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
-                           f"{'called' if status == 'off_limits' else 'raised'} {outcome['error']}")
+                           f"called {outcome['error']}")
+    if status == "error":
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
+                           f"raised {outcome['error']}")
     if status != "ok":
         return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
     answer = outcome["got"]
-    norm = str(answer).strip().lower() if isinstance(answer, str) else None
-    if norm not in [c.lower() for c in choices]:
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer one of "
-                           f"{list(choices)} (a string), got {answer!r}")
-    if norm == right.lower():
+    got = _as_choice_set(answer)
+    if got is None or not got or not got <= {c.lower() for c in choices}:
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): answer with one of "
+                           f"{choices} (or a list of them), got {answer!r}")
+    right = frozenset(spec.actual)
+    if got == right:
         return CheckResult(name, True, points, points, f"PASS  {name} ({points:g}/{points:g} points): "
-                           f"yes, {spec.what or 'the answer'} is {right!r}")
-    return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): not {answer!r}. Which "
-                       f"stage is the first whose output differs from the working model's?")
+                           f"{spec.what or 'that is where the bug is'}")
+    places = "one place" if len(right) == 1 else f"{len(right)} places"
+    hint = "" if len(right) == len(got) else f"; the bug is in {places}"
+    return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): {sorted(got)} is not "
+                       f"where the bug is{hint}. Look again with the tools, then answer.")
