@@ -58,7 +58,7 @@ def check_model_nine_locate_lab(fn: Callable, points: float = 2, name: str = "mo
     from ..labs import SUSPECTS
 
     return check_choice(fn, "mask pooling", SUSPECTS["nine"], points=points, name=name,
-                        what="that is the first stage whose output differs from the working model\'s")
+                        what="yes, the broken stage is 'mask pooling'")
 
 
 def reference_mask_roi_pool(features: Sequence[Tensor], boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:

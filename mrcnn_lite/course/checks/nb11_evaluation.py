@@ -125,7 +125,7 @@ def check_model_eleven_locate_lab(fn: Callable, points: float = 2, name: str = "
     from ..labs import SUSPECTS
 
     return check_choice(fn, "detection labels", SUSPECTS["eleven"], points=points, name=name,
-                        what="that is the first stage whose output differs from the working model\'s")
+                        what="yes, the broken stage is 'detection labels'")
 
 
 def reference_detection_candidates(boxes: Tensor, scores: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
