@@ -198,6 +198,7 @@ def test_the_notebooks_save_cells_carry_every_part_to_notebook_10(tmp_path, monk
     assert all(r.yours for r in built.rows), built.table()
 
 
+@pytest.mark.heavy   # about 2 minutes: the written RoIAlign loops over every box and channel
 def test_the_course_solution_code_trains_as_the_package(batch, package_losses):
     """The same, with the course's own *written* solutions (what a learner who solved 01-09 has, loops and all)
     in every seam, through the checkers: float64 losses equal to the package model's for STEPS steps."""

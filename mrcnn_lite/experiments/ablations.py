@@ -67,9 +67,9 @@ VARIANTS: Dict[str, Tuple[str, Callable[[nn.Module], nn.Module]]] = {
 TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     "b": ("(b) mask loss", [("softmax", "softmax (multinomial)"), ("agnostic", "sigmoid, class-agnostic"),
                             ("paper", "sigmoid, per class (paper)")]),
-    "c": ("(c) RoI features, FPN levels", [("roipool", "RoIPool"), ("roiwarp", "RoIWarp"),
+    "c": ("(c) RoI features, FPN levels (every shape on P2, stride 4)", [("roipool", "RoIPool"), ("roiwarp", "RoIWarp"),
                                            ("paper", "RoIAlign (paper)")]),
-    "d": ("(d) RoI features, stride 16 only", [("p4_roipool", "RoIPool"), ("p4_roiwarp", "RoIWarp"),
+    "d": ("(d) RoI features, P4 only (stride 16)", [("p4_roipool", "RoIPool"), ("p4_roiwarp", "RoIWarp"),
                                                ("p4_roialign", "RoIAlign")]),
     "e": ("(e) mask head", [("mlp", "MLP"), ("paper", "FCN (paper)")]),
     "targets": ("mask targets", [("gt_box_targets", "cropped with the GT box"),
