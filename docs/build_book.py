@@ -226,6 +226,32 @@ def count_images(nb) -> int:
                if any(k in ("image/png", "image/jpeg", "image/svg+xml") for k in o.get("data", {})))
 
 
+# A line of a C++ library's own log, written straight to the kernel's stderr (torch.profiler's kineto prints
+# "USDT:2026-01-01 12:00:00 123:123 SyncActivityProfilerHandler.cpp:39] profiler_start", and on a machine
+# without a GPU "ERROR:... DeviceProperties.cpp:56] gpuGetDeviceCount failed"): noise for a reader of the book.
+NATIVE_LOG_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+def drop_native_log_lines(nb) -> int:
+    """Remove the native log lines (above) from the stderr outputs of ``nb``; returns how many were removed."""
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = "".join(out["text"]).splitlines(keepends=True)
+                rest = [line for line in lines if not NATIVE_LOG_LINE.match(line)]
+                removed += len(lines) - len(rest)
+                if not rest:
+                    continue
+                out["text"] = "".join(rest)
+            kept.append(out)
+        cell.outputs = kept
+    return removed
+
+
 def error_outputs(nb) -> list[str]:
     """Error and stderr outputs of an executed notebook (``cell i: first line``)."""
     found = []
@@ -290,11 +316,15 @@ def stage(nbs: list[Path], executed: Path, src: Path) -> dict[str, int]:
     for nb_path in nbs:
         nb = nbformat.read(str(executed / nb_path.name), as_version=4)
         frozen = freeze_widgets(nb)
+        dropped = drop_native_log_lines(nb)
+        for line in error_outputs(nb):   # what is left on stderr is the notebook's own: say so in the build log
+            print(f"  stderr   {nb_path.name:32s} {line}")
         # the first cell is the title + objectives; the note on running it live comes right after it
         nb.cells.insert(1, open_here_cell(nb_path.name))
         nbformat.write(nb, str(src / "notebooks" / nb_path.name))
         figures[nb_path.name] = count_images(nb)
-        print(f"  staged   {nb_path.name:32s} {figures[nb_path.name]:3d} figures, {frozen} widget(s) as pictures")
+        print(f"  staged   {nb_path.name:32s} {figures[nb_path.name]:3d} figures, {frozen} widget(s) as pictures"
+              + (f", {dropped} native log line(s) dropped" if dropped else ""))
     return figures
 
 

@@ -211,3 +211,25 @@ def test_book_fails_loudly_on_a_notebook_error(tmp_path):
     assert result.returncode != 0
     assert "99_broken.ipynb" in result.stderr and "planted error in cell 2" in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "book" / "html").exists(), "a failed build must not render pages"
+
+
+def test_native_log_lines_are_dropped_and_a_real_warning_is_kept():
+    """torch.profiler's C++ logger writes to the kernel's stderr (notebook 13); the book drops exactly those lines."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "docs" / "build_book.py")
+    book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(book)
+    log = ("USDT:2026-12-07 04:09:22 25650:25650 SyncActivityProfilerHandler.cpp:39] profiler_start\n"
+           "ERROR:2026-12-07 04:09:22 25650:25650 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n")
+    warning = "/x/y.py:3: UserWarning: something the reader should see\n"
+    cell = nbformat.v4.new_code_cell("prof()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=log),
+        nbformat.v4.new_output("stream", name="stderr", text=log + warning),
+        nbformat.v4.new_output("stream", name="stdout", text=log)])
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert book.drop_native_log_lines(nb) == 4
+    assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [("stderr", warning), ("stdout", log)]
+    assert book.error_outputs(nb) == ["cell 0: /x/y.py:3: UserWarning: something the reader should see"]
