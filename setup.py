@@ -14,6 +14,7 @@ from setuptools.command.build_py import build_py
 
 # The same list as mrcnn_lite/course_data.py's SHIPPED (setup.py runs before the package can be imported).
 SHIPPED = ("checkpoints/tiny_shapes.pt", "shapes-mini", "dsb2018-nuclei")
+SHIPPED_RESULTS = ("benchmarks/ablations/ablations.json", "benchmarks/experiments")   # relative to the root
 PACKAGED = Path("mrcnn_lite") / "course_data"
 
 
@@ -22,8 +23,8 @@ class BuildPyWithCheckpoint(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return  # an editable install reads the repository's data/ directly
-        for relative in SHIPPED:
-            src = Path(__file__).resolve().parent / "data" / relative
+        root = Path(__file__).resolve().parent
+        for src, relative in [(root / "data" / r, r) for r in SHIPPED] + [(root / r, r) for r in SHIPPED_RESULTS]:
             if not src.exists():
                 raise FileNotFoundError(f"{src}: the course's shipped data must be in the repository to build the wheel")
             dst = Path(self.build_lib) / PACKAGED / relative

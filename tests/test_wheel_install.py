@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mrcnn_lite.course_data import SHIPPED
+from mrcnn_lite.course_data import SHIPPED, SHIPPED_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "09_mask_rcnn.ipynb"
@@ -56,12 +56,12 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "mrcnn_lite", src / "mrcnn_lite", ignore=shutil.ignore_patterns("__pycache__"))
-    for relative in SHIPPED:
-        (src / "data" / relative).parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / "data" / relative).is_dir():
-            shutil.copytree(ROOT / "data" / relative, src / "data" / relative)
+    for relative in [f"data/{r}" for r in SHIPPED] + list(SHIPPED_RESULTS):
+        (src / relative).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / relative).is_dir():
+            shutil.copytree(ROOT / relative, src / relative)
         else:
-            shutil.copy(ROOT / "data" / relative, src / "data" / relative)
+            shutil.copy(ROOT / relative, src / relative)
     dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src],
          env=_clean_env())
@@ -75,11 +75,13 @@ def test_wheel_carries_the_course_data(wheel):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "mrcnn_lite/course/data/lab_case.pt" in names
-    for relative in SHIPPED:  # every shipped file, byte for byte the repository's size
-        files = [f for f in (ROOT / "data" / relative).rglob("*") if f.is_file()] if (ROOT / "data" / relative).is_dir() \
-            else [ROOT / "data" / relative]
+    # every shipped file, byte for byte the repository's size: data/ and the shipped results of notebooks 14, 16
+    for base, relative in [(ROOT / "data", r) for r in SHIPPED] + [(ROOT, r) for r in SHIPPED_RESULTS]:
+        files = [f for f in (base / relative).rglob("*") if f.is_file()] if (base / relative).is_dir() \
+            else [base / relative]
+        assert files, relative
         for f in files:
-            packaged = "mrcnn_lite/course_data/" + f.relative_to(ROOT / "data").as_posix()
+            packaged = "mrcnn_lite/course_data/" + f.relative_to(base).as_posix()
             assert packaged in names, packaged
             assert zipfile.ZipFile(wheel).getinfo(packaged).file_size == f.stat().st_size, packaged
     assert not [n for n in names if n.startswith(("data/", "notebooks/", "tests/"))]
@@ -142,8 +144,11 @@ def test_fresh_venv_installs_the_wheel_and_predicts(wheel, tmp_path):
         "from mrcnn_lite.course_data import course_data\n"
         "mini = course_data('shapes-mini') / 'val'\n"
         "n_mini = len(CocoInstances(mini / 'images', mini / 'annotations.json'))\n"
+        "from mrcnn_lite.course import experiments\n"
+        "ablations = json.loads(course_data('benchmarks/ablations/ablations.json').read_text())\n"
         "print(json.dumps({'file': ml.__file__, 'checkpoint': str(COURSE_CHECKPOINT), 'hits': hits, 'total': total,\n"
-        "                  'mini': n_mini, 'nuclei': len(nuclei('val'))}))\n")
+        "                  'mini': n_mini, 'nuclei': len(nuclei('val')), 'ablation_runs': len(ablations['runs']),\n"
+        "                  'references': sorted(p.name for p in experiments.REFERENCE_DIR.glob('*.json'))}))\n")
     result = json.loads(_run([python, predict.name], cwd=outside, env=_clean_env()).stdout.strip().splitlines()[-1])
     assert Path(result["file"]).resolve().is_relative_to(site.resolve()), result  # from the wheel, not the repository
     assert Path(result["checkpoint"]).resolve().is_relative_to(site.resolve()), result
@@ -151,3 +156,6 @@ def test_fresh_venv_installs_the_wheel_and_predicts(wheel, tmp_path):
     assert result["total"] >= 4 and result["hits"] >= 0.75 * result["total"], result
     # The data the notebooks read from the repository's data/ come with the wheel too (notebooks 00, 12, 15).
     assert result["mini"] == 32 and result["nuclei"] == 4, result
+    # ... and the shipped results notebooks 14 and 16 print (the ablation table, the experiments' reference runs).
+    assert result["ablation_runs"] >= 22 and result["references"] == [
+        "anchors.json", "levels.json", "mask_res.json", "misalign.json"], result

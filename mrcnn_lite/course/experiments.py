@@ -42,6 +42,7 @@ from torch import Tensor
 from .. import ops
 from ..build import build_model
 from ..config import MaskRCNNConfig
+from ..course_data import course_data
 from ..data import CLASSES, ShapesDataset
 from ..engine.checkpoint import atomic_write_text
 from ..engine.coco_eval import evaluate
@@ -54,7 +55,7 @@ from ..pretrained import course_model_info, load_course_model
 HELDOUT_SEED = 99          # held-out split of the shipped course model; data seed k reads seed 99 + k
 TRAIN_DATA_SEED = 0        # the images the heads of `levels` train on
 SMALL = 32 ** 2            # COCO's "small": area below 32 x 32 pixels (in the 128-px images)
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"
+REFERENCE_DIR = course_data("benchmarks/experiments")   # the repository's, or the wheel's copy
 
 
 @dataclass(frozen=True)
