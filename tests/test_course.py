@@ -568,6 +568,7 @@ def test_make_student_notebook_clears_outputs_and_metadata():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         f"# NBVAL_CHECK_OUTPUT\ndef f():\n    {BEGIN}\n    return 42\n    {END}")])
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="42\n")]
+    nb.cells[0]["id"] = "exercise"   # a fixed id: a random one can contain "42" (1 run in about 200 did)
     nb.cells[0].execution_count = 3
     nb.cells[0].metadata["solution"] = "return 42"
     nb.metadata["grader"] = {"answer": "return 42"}
