@@ -298,20 +298,27 @@ def check_prediction(prediction: Callable[[], Any], actual: Any, points: float =
     return _record(judge(spec, produce(spec, prediction)), True)
 
 
-def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
-    name, points, actual, choices = spec.name, spec.points, spec.actual, spec.choices
-    status = outcome.get("status")
+def _no_answer(spec: CheckSpec, outcome: Dict[str, Any], what: str, todo: str) -> Optional[CheckResult]:
+    """The result of a one-answer check (a prediction, a choice) whose answer did not come back as a value:
+    not written yet (TODO), a call that is off limits, an exception, or nothing at all; ``None`` when it did.
+    ``what`` names the answer in the message ("your prediction"), ``todo`` opens the TODO message."""
+    name, points, status = spec.name, spec.points, outcome.get("status")
     if status == "todo":
-        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): write your prediction "
-                           f"first -- replace the `raise NotImplementedError` with your answer.", implemented=False)
-    if status == "off_limits":
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your prediction "
-                           f"called {outcome['error']}")
-    if status == "error":
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your prediction "
-                           f"raised {outcome['error']}")
+        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): {todo} -- "
+                           f"replace the `raise NotImplementedError` with your answer.", implemented=False)
+    if status in ("off_limits", "error"):
+        verb = "called" if status == "off_limits" else "raised"
+        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): {what} {verb} {outcome['error']}")
     if status != "ok":
         return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
+    return None
+
+
+def _judge_prediction(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
+    name, points, actual, choices = spec.name, spec.points, spec.actual, spec.choices
+    problem = _no_answer(spec, outcome, "your prediction", "write your prediction first")
+    if problem is not None:
+        return problem
     answer = outcome["got"]
     if choices is not None:
         norm = str(answer).strip().lower()
@@ -363,18 +370,9 @@ def check_choice(answer: Callable[[], Any], right: Any, choices: Sequence[str], 
 
 def _judge_choice(spec: CheckSpec, outcome: Dict[str, Any]) -> CheckResult:
     name, points, choices = spec.name, spec.points, list(spec.choices or ())
-    status = outcome.get("status")
-    if status == "todo":
-        return CheckResult(name, False, 0, points, f"TODO  {name} (0/{points:g} points): not answered yet -- "
-                           f"replace the `raise NotImplementedError` with your answer.", implemented=False)
-    if status == "off_limits":
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
-                           f"called {outcome['error']}")
-    if status == "error":
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): your answer "
-                           f"raised {outcome['error']}")
-    if status != "ok":
-        return CheckResult(name, False, 0, points, f"FAIL  {name} (0/{points:g} points): no answer came back")
+    problem = _no_answer(spec, outcome, "your answer", "not answered yet")
+    if problem is not None:
+        return problem
     answer = outcome["got"]
     got = _as_choice_set(answer)
     if got is None or not got or not got <= {c.lower() for c in choices}:
